@@ -1,0 +1,137 @@
+"""Core layer: what the devices report and what the controller decides, one tick at a time.
+
+Readings carry the monotonic time (seconds) at which they were taken, so the core can judge
+their age against the tick's own time; a missing reading is ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+Triple = tuple[float, float, float]
+ZERO3: Triple = (0.0, 0.0, 0.0)
+
+
+class EvseState(StrEnum):
+    """IEC 61851-1 control pilot state as the EVSE reports it."""
+
+    A = "A"  # no vehicle
+    B = "B"  # vehicle connected, not charging
+    C = "C"  # charging
+    D = "D"  # charging, ventilation required
+    E = "E"  # error: no pilot / short
+    F = "F"  # EVSE fault / not available
+    UNKNOWN = "unknown"
+
+    @property
+    def vehicle_present(self) -> bool:
+        return self in (EvseState.B, EvseState.C, EvseState.D)
+
+    @property
+    def charging(self) -> bool:
+        return self in (EvseState.C, EvseState.D)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterReading:
+    """One reading of a 3-phase meter. Currents are positive when importing from the grid."""
+
+    at_s: float
+    current_a: Triple
+    voltage_v: Triple = ZERO3
+    power_w: float = 0.0
+    energy_import_wh: float = 0.0
+
+    def plausible(self, rating_a: float) -> bool:
+        """NaN, infinities and currents above twice the rating are not believable."""
+        return all(math.isfinite(i) and abs(i) <= 2.0 * rating_a for i in self.current_a)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvseReading:
+    """One reading of an EVSE: state, current per connector phase (its own L1..L3)."""
+
+    at_s: float
+    state: EvseState
+    current_a: Triple = ZERO3
+    power_w: float = 0.0
+    energy_wh: float = 0.0
+    # The limit the EVSE reports it applies right now (None when the model cannot say).
+    applied_limit_a: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything read in one tick. ``now_s`` is monotonic; ``wall`` is the site's local time."""
+
+    now_s: float
+    wall: datetime
+    meters: Mapping[str, MeterReading | None]
+    evses: Mapping[str, EvseReading | None]
+    # The limit last written successfully to each connector's EVSE, None before the first write.
+    written_a: Mapping[str, float | None] = field(default_factory=dict)
+
+
+class Bound(StrEnum):
+    """What bound a connector's allocation: the reason shown in `evsite status`."""
+
+    CIRCUIT = "circuit"  # a circuit node's phase headroom (see ``node`` and ``phase``)
+    CONNECTOR_MAX = "connector_max"  # min(EVSE max, cable, configured max)
+    BELOW_MIN = "below_min"  # its share would be under the minimum: paused
+    NO_VEHICLE = "no_vehicle"  # nothing plugged in
+    EVSE_FAULT = "evse_fault"  # the EVSE reports E/F or is unknown
+    EVSE_OFFLINE = "evse_offline"  # no fresh reading from the EVSE
+    METER_HOLD = "meter_hold"  # meter reading late: no increases
+    FALLBACK = "fallback"  # meter stale past the fallback budget
+    STARTUP = "startup"  # before the first fresh reading
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectorLimit:
+    """The decision for one connector: its current limit and what bound it."""
+
+    connector: str
+    current_a: float
+    bound: Bound
+    node: str | None = None
+    phase: int | None = None
+
+    def describe(self) -> str:
+        if self.bound is Bound.CIRCUIT and self.node is not None and self.phase is not None:
+            return f"circuit {self.node} L{self.phase + 1}"
+        return self.bound.value.replace("_", " ")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodePhaseState:
+    """Per circuit node and grid phase: the figures the allocation was computed from."""
+
+    node: str
+    rating_a: float
+    margin_a: float
+    measured_a: Triple | None  # the node's meter, None without one (or when stale)
+    non_ev_a: Triple  # measured non-EV load, or the configured worst case
+    allocated_a: Triple  # sum of allocations on each phase below this node
+    available_a: Triple  # rating - non-EV - margin, what the EVs may share
+
+    @property
+    def headroom_a(self) -> Triple:
+        a, b = self.available_a, self.allocated_a
+        return (a[0] - b[0], a[1] - b[1], a[2] - b[2])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Allocation:
+    """The result of one tick: a limit per connector, the node figures, the mode and why."""
+
+    limits: Mapping[str, ConnectorLimit]
+    nodes: Mapping[str, NodePhaseState]
+    mode: str  # "normal", "hold", "fallback", "startup"
+    notes: tuple[str, ...] = ()
+
+    def current_a(self, connector: str) -> float:
+        return self.limits[connector].current_a

@@ -1,0 +1,174 @@
+"""Core layer: the site as configured, in typed immutable objects.
+
+The config loader (controller/config.py) builds these from YAML once; everything downstream
+works only with them. Phases are indices 0, 1, 2 for the grid's L1, L2, L3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+PHASES = (0, 1, 2)
+PHASE_NAMES = ("L1", "L2", "L3")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpTransport:
+    """Modbus TCP (or RTU framing over a TCP gateway when ``rtu_over_tcp``)."""
+
+    host: str
+    port: int = 502
+    rtu_over_tcp: bool = False
+
+    def describe(self) -> str:
+        suffix = " (RTU over TCP)" if self.rtu_over_tcp else ""
+        return f"tcp://{self.host}:{self.port}{suffix}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SerialTransport:
+    """Modbus RTU on a serial line (RS-485)."""
+
+    port: str
+    baudrate: int = 9600
+    parity: str = "N"  # "N", "E" or "O"
+    stopbits: int = 1
+    bytesize: int = 8
+
+    def describe(self) -> str:
+        return f"{self.port} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+
+
+Transport = TcpTransport | SerialTransport
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceSpec:
+    """One Modbus device: a meter or an EVSE controller."""
+
+    id: str
+    driver: str
+    transport: Transport
+    unit_id: int
+    timeout_s: float = 0.5
+    # Driver-specific settings that have no meaning elsewhere (e.g. Alfen validity time).
+    options: Mapping[str, object] = field(default_factory=dict)
+
+
+class EvKind(StrEnum):
+    """How many phases the EV at a connector draws on (auto = detect from measurement)."""
+
+    AUTO = "auto"
+    ONE_PHASE = "1p"
+    THREE_PHASE = "3p"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connector:
+    """A charging connector: one EVSE device drives exactly one connector.
+
+    ``grid_phases[i]`` is the grid phase (0..2) the connector's own phase Li+1 is wired to; a
+    1-phase connector has one entry. The rotation matters because a site rotates its EVSEs so
+    that 1-phase EVs spread over the grid's phases.
+    """
+
+    id: str
+    evse: DeviceSpec
+    circuit: str
+    grid_phases: tuple[int, ...]
+    min_current_a: float = 6.0
+    max_current_a: float = 32.0
+    fallback_current_a: float = 6.0
+    priority_tier: int = 0
+
+    @property
+    def phase_count(self) -> int:
+        return len(self.grid_phases)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Circuit:
+    """A node of the circuit tree: the grid connection (root) or a sub-board.
+
+    ``rating_a`` is per phase. Without a meter, the node's non-EV load is taken as the
+    configured ``worst_case_non_ev_a`` per phase; with a meter it is measured.
+    """
+
+    id: str
+    parent: str | None
+    rating_a: float
+    margin_a: float = 0.0
+    meter: str | None = None
+    worst_case_non_ev_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlSettings:
+    """Timing of the control loop and its fail-safe ladder (seconds)."""
+
+    tick_s: float = 1.0
+    meter_stale_s: float = 3.0
+    fallback_after_s: float = 10.0
+    evse_stale_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Site:
+    """The whole configured site. ``circuits[0]`` is the root (grid connection)."""
+
+    id: str
+    name: str
+    timezone: str
+    nominal_voltage_v: float
+    circuits: tuple[Circuit, ...]
+    meters: tuple[DeviceSpec, ...]
+    connectors: tuple[Connector, ...]
+    control: ControlSettings = ControlSettings()
+
+    @property
+    def root(self) -> Circuit:
+        return self.circuits[0]
+
+    def circuit(self, circuit_id: str) -> Circuit:
+        for c in self.circuits:
+            if c.id == circuit_id:
+                return c
+        raise KeyError(circuit_id)
+
+    def ancestors(self, circuit_id: str) -> Iterator[Circuit]:
+        """The circuit itself, then its parent, up to the root."""
+        by_id = {c.id: c for c in self.circuits}
+        node: Circuit | None = by_id[circuit_id]
+        while node is not None:
+            yield node
+            node = by_id[node.parent] if node.parent is not None else None
+
+    def children(self, circuit_id: str) -> tuple[Circuit, ...]:
+        return tuple(c for c in self.circuits if c.parent == circuit_id)
+
+    def connectors_under(self, circuit_id: str) -> tuple[Connector, ...]:
+        """Every connector fed through this circuit node (directly or through sub-boards)."""
+        return tuple(
+            k for k in self.connectors if any(a.id == circuit_id for a in self.ancestors(k.circuit))
+        )
+
+
+def parse_rotation(text: str) -> tuple[int, ...]:
+    """``"L2L3L1"`` -> ``(1, 2, 0)``; ``"L3"`` -> ``(2,)``. Raises ValueError when malformed."""
+    t = text.strip().upper().replace(" ", "").replace(",", "").replace("-", "")
+    if len(t) % 2 or not t:
+        raise ValueError(f"phase rotation {text!r} is not like 'L1L2L3', 'L2L3L1' or 'L2'")
+    parts = [t[i : i + 2] for i in range(0, len(t), 2)]
+    if any(p not in PHASE_NAMES for p in parts):
+        raise ValueError(f"phase rotation {text!r} names a phase other than L1, L2, L3")
+    if len(parts) not in (1, 3) or len(set(parts)) != len(parts):
+        raise ValueError(
+            f"phase rotation {text!r} must name one phase, or all three once each"
+        )
+    return tuple(PHASE_NAMES.index(p) for p in parts)
+
+
+def format_rotation(grid_phases: tuple[int, ...]) -> str:
+    return "".join(PHASE_NAMES[p] for p in grid_phases)
