@@ -164,9 +164,7 @@ def parse_rotation(text: str) -> tuple[int, ...]:
     if any(p not in PHASE_NAMES for p in parts):
         raise ValueError(f"phase rotation {text!r} names a phase other than L1, L2, L3")
     if len(parts) not in (1, 3) or len(set(parts)) != len(parts):
-        raise ValueError(
-            f"phase rotation {text!r} must name one phase, or all three once each"
-        )
+        raise ValueError(f"phase rotation {text!r} must name one phase, or all three once each")
     return tuple(PHASE_NAMES.index(p) for p in parts)
 
 

@@ -1,0 +1,85 @@
+"""App layer: the composition root of `evsite run` (config -> drivers, store, loop, socket).
+
+Wiring only: everything with behaviour lives in the loop, the drivers and the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import structlog
+from controller.app.logs import configure_logging
+from controller.app.sdnotify import SystemdNotifier
+from controller.config import LoadedConfig, load_config
+
+from controller import __version__
+from controller.app.control_socket import SOCKET_NAME, ControlSocket
+from controller.app.service import ControlLoop, install_signal_handlers
+from controller.store.db import Database
+from drivers.registry import build_evse, build_meter
+
+log = structlog.get_logger("evsite")
+
+
+async def serve(config: LoadedConfig) -> int:
+    site = config.site
+    service = config.service
+    notifier = SystemdNotifier.from_env()
+    db = Database.in_state_dir(service.state_dir)
+    meters = {m.id: build_meter(m) for m in site.meters}
+    evses = {c.id: build_evse(c.evse) for c in site.connectors}
+    watchdog_s = notifier.watchdog_interval_s()
+    last_ping = [0.0]
+
+    def on_tick() -> None:
+        # Feed the systemd watchdog from the tick itself: a hung loop stops the pings.
+        now = time.monotonic()
+        if watchdog_s is not None and now - last_ping[0] >= watchdog_s / 2:
+            notifier.watchdog()
+            last_ping[0] = now
+
+    loop = ControlLoop(
+        site=site, meters=meters, evses=evses, db=db, clock=time.monotonic, on_tick=on_tick
+    )
+    sock = ControlSocket(
+        service.runtime_dir / SOCKET_NAME,
+        status=lambda: loop.status,
+        mode=service.socket_mode,
+        group=service.socket_group,
+    )
+    install_signal_handlers(loop)
+    log.info(
+        "service_starting",
+        version=__version__,
+        site=site.id,
+        config=str(config.source),
+        connectors=len(site.connectors),
+    )
+    for warning in config.warnings:
+        log.warning("config_warning", detail=warning)
+    try:
+        await loop.start()
+        await sock.start()
+        notifier.ready(f"controlling {len(site.connectors)} connectors")
+        await loop.run()
+        notifier.stopping()
+        log.info("service_stopping")
+        await loop.stop_to_fallback()
+    finally:
+        await sock.close()
+        await loop.close()
+        db.close()
+        notifier.close()
+    log.info("service_stopped")
+    return 0
+
+
+def run(config_path: Path, *, log_format: str | None = None) -> int:
+    config = load_config(config_path)
+    configure_logging(log_format or config.service.log_format)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,265 @@
+"""App layer: the control loop of `evsite run`.
+
+Every tick (1 s): read the meters and EVSEs concurrently (each device bounded by its own
+timeout, so a dead one costs only itself), judge and allocate in the pure core, write the limits
+that changed plus the refreshes the EVSEs' watchdogs need, persist what must survive a restart,
+and publish the status. Before the first reading every EVSE gets its fallback current; on
+SIGTERM every EVSE gets its fallback current before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from controller.app.health import DeviceHealth
+from controller.app.status import build_status
+from controller.core.allocation import allocate
+from controller.core.errors import EvsiteError
+from controller.core.model import Allocation, EvseReading, MeterReading, Snapshot
+from controller.core.ports import Evse, Meter
+from controller.core.site import Site
+from controller.store.db import Database, StoreError
+
+log = structlog.get_logger("evsite.control")
+
+T = TypeVar("T")
+
+# A limit differing by less than this from the last written one is not rewritten.
+WRITE_DEADBAND_A = 0.05
+
+
+@dataclass(slots=True)
+class _Written:
+    current_a: float
+    at_s: float
+
+
+class ControlLoop:
+    """Owns the devices of one site and runs its tick."""
+
+    def __init__(
+        self,
+        *,
+        site: Site,
+        meters: Mapping[str, Meter],
+        evses: Mapping[str, Evse],
+        db: Database,
+        clock: Callable[[], float],
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.site = site
+        self.meters = dict(meters)
+        self.evses = dict(evses)
+        self.db = db
+        self.clock = clock
+        self.on_tick = on_tick
+        self.tz = ZoneInfo(site.timezone)
+        self.started_s = clock()
+        self.health = {d: DeviceHealth(d) for d in [*self.meters, *self.evses]}
+        self.meter_readings: dict[str, MeterReading | None] = dict.fromkeys(self.meters)
+        self.evse_readings: dict[str, EvseReading | None] = dict.fromkeys(self.evses)
+        self.written: dict[str, _Written | None] = dict.fromkeys(self.evses)
+        self.allocation: Allocation | None = None
+        self.status: dict[str, Any] = {}
+        self.ticks = 0
+        self.last_tick_ms = 0.0
+        self._refresh_s = {cid: e.watchdog_refresh_s for cid, e in self.evses.items()}
+        self._connectors = {c.id: c for c in site.connectors}
+        self._stop = asyncio.Event()
+
+    # -- device calls, each bounded and converted -------------------------------------------
+
+    async def _guard(self, device: str, timeout_s: float, call: Awaitable[T]) -> T | None:
+        health = self.health[device]
+        try:
+            result = await asyncio.wait_for(call, timeout_s)
+        except TimeoutError:
+            health.failed(f"no answer within {timeout_s:g} s")
+            return None
+        except EvsiteError as exc:
+            health.failed(str(exc) or type(exc).__name__)
+            return None
+        health.ok(self.clock())
+        return result
+
+    def _budget_s(self, device: str) -> float:
+        # The driver bounds each call by its own timeout; this outer bound is the backstop.
+        for spec in [*self.site.meters, *(c.evse for c in self.site.connectors)]:
+            if spec.id == device:
+                return spec.timeout_s * 2 + 0.1
+        return 1.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Programme each EVSE's fallback and write it, before the first reading."""
+        previous = self.db.written_limits()
+        if previous:
+            log.info("state_restored", written={k: v.written_a for k, v in previous.items()})
+
+        async def prepare(cid: str) -> None:
+            evse = self.evses[cid]
+            fallback = self._connectors[cid].fallback_current_a
+            await self._guard(cid, self._budget_s(cid) * 2, evse.setup(fallback))
+            await self._write(cid, fallback, reason="startup")
+
+        await asyncio.gather(*(prepare(cid) for cid in self.evses))
+
+    async def stop_to_fallback(self) -> None:
+        """On shutdown: every EVSE to its fallback current (best effort, bounded)."""
+
+        async def one(cid: str) -> None:
+            await self._write(cid, self._connectors[cid].fallback_current_a, reason="shutdown")
+
+        await asyncio.gather(*(one(cid) for cid in self.evses))
+        log.info(
+            "shutdown_fallback_written",
+            connectors={c: (w.current_a if w else None) for c, w in self.written.items()},
+        )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        tick_s = self.site.control.tick_s
+        next_at = self.clock()
+        while not self._stop.is_set():
+            await self.tick()
+            next_at += tick_s
+            now = self.clock()
+            if next_at < now:  # overran: skip the missed slots rather than bunching ticks
+                next_at = now + tick_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), next_at - now)
+
+    # -- the tick ----------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        t0 = self.clock()
+        await self._read_all()
+        now_s = self.clock()
+        wall = datetime.now(self.tz)
+        snap = Snapshot(
+            now_s=now_s,
+            wall=wall,
+            meters=self.meter_readings,
+            evses=self.evse_readings,
+            written_a={c: (w.current_a if w else None) for c, w in self.written.items()},
+        )
+        previous = self.allocation
+        allocation = allocate(self.site, snap, previous)
+        self._log_transitions(previous, allocation)
+        self.allocation = allocation
+        await self._apply(allocation, now_s)
+        self.ticks += 1
+        self.last_tick_ms = (self.clock() - t0) * 1000.0
+        self.status = self._build_status(now_s, wall)
+        if self.on_tick is not None:
+            self.on_tick()
+
+    async def _read_all(self) -> None:
+        async def read_meter(mid: str) -> None:
+            m = await self._guard(mid, self._budget_s(mid), self.meters[mid].read(self.clock()))
+            if m is not None:
+                self.meter_readings[mid] = m  # a failed read keeps the last one: its age tells
+
+        async def read_evse(cid: str) -> None:
+            e = await self._guard(cid, self._budget_s(cid), self.evses[cid].read(self.clock()))
+            if e is not None:
+                self.evse_readings[cid] = e
+
+        await asyncio.gather(
+            *(read_meter(m) for m in self.meters), *(read_evse(c) for c in self.evses)
+        )
+
+    async def _apply(self, allocation: Allocation, now_s: float) -> None:
+        writes = []
+        for cid, limit in allocation.limits.items():
+            if cid not in self.evses:
+                continue
+            last = self.written[cid]
+            refresh_s = self._refresh_s[cid]
+            if (
+                last is None
+                or abs(last.current_a - limit.current_a) >= WRITE_DEADBAND_A
+                or (refresh_s is not None and now_s - last.at_s >= refresh_s)
+            ):
+                reason = (
+                    "change" if last is None or last.current_a != limit.current_a else "refresh"
+                )
+                writes.append(self._write(cid, limit.current_a, reason=reason))
+        if writes:
+            await asyncio.gather(*writes)
+
+    async def _write(self, cid: str, current_a: float, *, reason: str) -> bool:
+        before = self.written[cid]
+        ok = await self._guard(
+            cid, self._budget_s(cid), self._call_true(self.evses[cid].write_limit(current_a))
+        )
+        if not ok:
+            log.warning("limit_write_failed", connector=cid, limit_a=current_a, reason=reason)
+            return False
+        self.written[cid] = _Written(current_a=current_a, at_s=self.clock())
+        if before is None or before.current_a != current_a:
+            log.info("limit_applied", connector=cid, limit_a=current_a, reason=reason)
+            try:
+                self.db.save_written_limit(cid, current_a, datetime.now(UTC).isoformat())
+            except StoreError as exc:
+                log.error("state_write_failed", error=str(exc))
+        return True
+
+    @staticmethod
+    async def _call_true(call: Awaitable[None]) -> bool:
+        await call
+        return True
+
+    def _log_transitions(self, previous: Allocation | None, current: Allocation) -> None:
+        old_mode = previous.mode if previous else "starting"
+        if current.mode != old_mode:
+            emit = log.warning if current.mode in ("fallback", "hold") else log.info
+            emit("mode_changed", old=old_mode, new=current.mode, notes=list(current.notes))
+            try:
+                self.db.log_event(
+                    datetime.now(UTC).isoformat(),
+                    "mode_changed",
+                    self.site.id,
+                    json.dumps({"old": old_mode, "new": current.mode, "notes": current.notes}),
+                )
+            except StoreError as exc:
+                log.error("state_write_failed", error=str(exc))
+
+    def _build_status(self, now_s: float, wall: datetime) -> dict[str, Any]:
+        status = build_status(
+            site=self.site,
+            wall=wall,
+            now_s=now_s,
+            started_s=self.started_s,
+            allocation=self.allocation,
+            meters=self.meter_readings,
+            evses=self.evse_readings,
+            written_a={c: (w.current_a if w else None) for c, w in self.written.items()},
+            health={d: h.as_dict(now_s) for d, h in self.health.items()},
+        )
+        status["tick"] = {"count": self.ticks, "last_ms": round(self.last_tick_ms, 1)}
+        return status
+
+    async def close(self) -> None:
+        closers = [m.close() for m in self.meters.values()]
+        closers += [e.close() for e in self.evses.values()]
+        await asyncio.gather(*closers, return_exceptions=True)
+
+
+def install_signal_handlers(loop: ControlLoop) -> None:
+    aloop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        aloop.add_signal_handler(sig, loop.request_stop)

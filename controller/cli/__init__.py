@@ -1,0 +1,1 @@
+"""CLI layer: the `evsite` command for the service and for technicians."""

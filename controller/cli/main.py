@@ -1,0 +1,121 @@
+"""CLI layer: `evsite` and its subcommands (argparse; every read command takes --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from controller import __version__
+from controller.cli.client import ServiceUnreachable, request
+from controller.core.errors import ConfigError
+
+DEFAULT_SOCKET = Path("/run/evsite/evsite.sock")
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket is not None:
+        return Path(args.socket)
+    if args.config is not None:
+        from controller.config import load_config
+
+        return Path(load_config(Path(args.config)).service.runtime_dir) / "evsite.sock"
+    return DEFAULT_SOCKET
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from controller.app.run import run
+
+    return run(Path(args.config), log_format=args.log_format)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from controller.cli.status_view import render_status
+
+    path = _socket_path(args)
+    if not args.watch:
+        answer = request(path, "status")
+        status = answer.get("status", {})
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            Console().print(render_status(status))
+        return 0
+    console = Console()
+    with Live(console=console, refresh_per_second=4, screen=False) as live:
+        while True:
+            try:
+                live.update(render_status(request(path, "status")["status"]))
+            except ServiceUnreachable as exc:
+                live.update(f"[red]{exc}[/red]")
+            time.sleep(args.interval)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from controller.cli.config_check import run_config_check
+
+    return run_config_check(Path(args.file), as_json=args.json, out=sys.stdout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evsite",
+        description="Controller for EV charge sites: load management, devices, cloud links.",
+    )
+    parser.add_argument("--version", action="version", version=f"evsite {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the controller service")
+    p.add_argument("-c", "--config", required=True, help="site configuration (YAML)")
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "console", "json"],
+        default=None,
+        help="override the config's service.log_format",
+    )
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="show the running service's state")
+    p.add_argument("--json", action="store_true", help="print the status document as JSON")
+    p.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, help="refresh interval for --watch")
+    _add_target(p)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("config", help="work with site configuration files")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    pc = csub.add_parser("check", help="validate a site configuration and summarise it")
+    pc.add_argument("file", help="site configuration (YAML)")
+    pc.add_argument("--json", action="store_true", help="print the result as JSON")
+    pc.set_defaults(func=_cmd_config_check)
+    return parser
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-c", "--config", help="find the service's socket from this site config")
+    g.add_argument("--socket", help=f"the service's control socket (default {DEFAULT_SOCKET})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ServiceUnreachable as exc:
+        print(f"evsite: {exc}", file=sys.stderr)
+        return 3
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""CLI layer: the human view of the status document (rich tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+_STATE_STYLE = {"A": "dim", "B": "yellow", "C": "green", "D": "green", "E": "red", "F": "red"}
+
+
+def _f(x: float | None, unit: str = "") -> str:
+    return "-" if x is None else f"{x:.1f}{unit}"
+
+
+def render_status(status: dict[str, Any]) -> Group:
+    site = status["site"]
+    mode = status["mode"]
+    mode_style = {"normal": "green", "hold": "yellow", "fallback": "bold red"}.get(mode, "yellow")
+    head = Text.assemble(
+        (f"{site['name']} ({site['id']})", "bold"),
+        f"  {status['time']}  mode ",
+        (mode, mode_style),
+        f"  tick {status.get('tick', {}).get('last_ms', '-')} ms",
+    )
+    parts: list[Any] = [head]
+    for note in status.get("notes", []):
+        parts.append(Text(f"  {note}", style="yellow"))
+
+    for circuit in status["circuits"]:
+        table = Table(title=f"circuit {circuit['id']}", title_justify="left", expand=False)
+        for col in ("phase", "rating A", "measured A", "non-EV A", "allocated A", "headroom A"):
+            table.add_column(col, justify="right")
+        for ph in circuit["phases"]:
+            headroom = ph["headroom_a"]
+            style = "red" if headroom is not None and headroom < 0 else ""
+            table.add_row(
+                ph["phase"],
+                _f(ph["rating_a"]),
+                _f(ph["measured_a"]),
+                _f(ph["non_ev_a"]),
+                _f(ph["allocated_a"]),
+                Text(_f(headroom), style=style),
+            )
+        parts.append(table)
+
+    ct = Table(title="connectors", title_justify="left")
+    for col in ("id", "state", "I L1/L2/L3 A", "limit A", "bound by", "rotation", "tier"):
+        ct.add_column(col)
+    for c in status["connectors"]:
+        cur = c["current_a"]
+        state = c["state"] if c["online"] else f"{c['state']} (offline)"
+        ct.add_row(
+            c["id"],
+            Text(state, style=_STATE_STYLE.get(c["state"], "red")),
+            "-" if cur is None else " / ".join(f"{v:.1f}" for v in cur),
+            _f(c["limit_a"]),
+            c["bound_by"] or "-",
+            c["rotation"],
+            str(c["priority_tier"]),
+        )
+    parts.append(ct)
+    offline = [d["id"] for d in status.get("devices", []) if not d["online"]]
+    if offline:
+        parts.append(Text(f"offline: {', '.join(offline)}", style="red"))
+    return Group(*parts)

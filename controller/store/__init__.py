@@ -1,0 +1,1 @@
+"""Store layer: durable state in one SQLite file in the state directory."""

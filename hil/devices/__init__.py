@@ -1,0 +1,1 @@
+"""hil: simulated Modbus devices (register maps, device behaviour, loopback TCP servers)."""
