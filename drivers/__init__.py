@@ -1,1 +1,1 @@
-"""Drivers layer: device I/O (Modbus meters and EVSEs, payment terminals) behind the core's ports."""
+"""Drivers layer: device I/O (Modbus meters and EVSEs, payment terminals) behind core ports."""

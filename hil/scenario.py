@@ -8,6 +8,7 @@ in a test scenario cannot silently change what the test exercises.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping
@@ -223,7 +224,9 @@ def fallback_headroom_a(scenario: Scenario) -> tuple[float, float, float]:
     shipped scenarios keep all three >= 0.
     """
     site = scenario.site
-    headroom = [site.grid_rating_a - site.grid_margin_a - w for w in worst_building_current_a(scenario)]
+    headroom = [
+        site.grid_rating_a - site.grid_margin_a - w for w in worst_building_current_a(scenario)
+    ]
     for evse in scenario.evses:
         for grid_phase in evse.grid_phases:
             headroom[grid_phase] -= evse.safe_current_a
@@ -277,7 +280,7 @@ def _evse(obj: _Obj) -> EvseSpec:
     for i, item in enumerate(items):
         visits.append(_ev(_Obj(item, f"{prefix}[{i}]" if obj.has("evs") else prefix)))
     visits.sort(key=lambda v: v.arrival_s)
-    for earlier, later in zip(visits, visits[1:], strict=False):
+    for earlier, later in itertools.pairwise(visits):
         if earlier.departure_s is None or earlier.departure_s > later.arrival_s:
             raise ScenarioError(f"{prefix}: EV visits overlap")
     spec = EvseSpec(
@@ -358,7 +361,7 @@ class _Obj:
 
     def text(self, key: str, default: Any = _MISSING) -> str:
         value = self.raw(key, default)
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or (not value and value != default):
             raise ScenarioError(f"{self.where}{key}: expected a non-empty string")
         return value
 
@@ -371,7 +374,11 @@ class _Obj:
         positive: bool = False,
     ) -> float:
         value = self.raw(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise ScenarioError(f"{self.where}{key}: expected a number")
         if positive and value <= 0:
             raise ScenarioError(f"{self.where}{key}: must be > 0")

@@ -52,8 +52,12 @@ class ControlSocket:
         finally:
             os.umask(old)
         if self._group:
+            # Under the systemd unit the group is already the service's primary group (and
+            # chown is filtered out); only change it where it differs.
             try:
-                os.chown(self.path, -1, grp.getgrnam(self._group).gr_gid)
+                gid = grp.getgrnam(self._group).gr_gid
+                if os.stat(self.path).st_gid != gid:
+                    os.chown(self.path, -1, gid)
             except (KeyError, PermissionError) as exc:
                 log.warning("socket_group_not_set", group=self._group, error=str(exc))
         os.chmod(self.path, self._mode)

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import structlog
-from controller.app.logs import configure_logging
-from controller.app.sdnotify import SystemdNotifier
-from controller.config import LoadedConfig, load_config
 
 from controller import __version__
 from controller.app.control_socket import SOCKET_NAME, ControlSocket
+from controller.app.logs import configure_logging
+from controller.app.sdnotify import SystemdNotifier
 from controller.app.service import ControlLoop, install_signal_handlers
+from controller.config import LoadedConfig, load_config
 from controller.store.db import Database
 from drivers.registry import build_evse, build_meter
 

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return 1
+        # 78 (EX_CONFIG): the unit's RestartPreventExitStatus stops systemd retrying a bad file.
+        return 78 if args.command == "run" else 1
     except KeyboardInterrupt:
         return 130
 

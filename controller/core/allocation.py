@@ -33,7 +33,7 @@ from controller.core.model import (
     Snapshot,
     Triple,
 )
-from controller.core.site import Connector, Site
+from controller.core.site import Connector, Site, Topology
 
 # Limits go out in steps of 0.1 A, rounded down: the finest step common EVSEs accept.
 STEP_A = 0.1
@@ -91,6 +91,7 @@ def _fixed_limits(site: Site, bound: Bound) -> dict[str, ConnectorLimit]:
 def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> Allocation:
     """Decide every connector's current limit for this tick. Pure; see the module docstring."""
     control = site.control
+    topo = Topology.of(site)
     meters = _judge_meters(site, snap)
     never_read = [n for n, v in meters.items() if v.reading is None and previous is None]
     ages = [v.age_s for v in meters.values()]
@@ -99,6 +100,7 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
     if never_read:
         fixed = _fixed_limits(site, Bound.STARTUP)
         return _result(
+            topo,
             site,
             snap,
             meters=meters,
@@ -111,7 +113,7 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
         fixed = _fixed_limits(site, Bound.FALLBACK)
         note = f"meter stale for {worst_age_s:.0f} s (> {control.fallback_after_s:g} s)"
         return _result(
-            site, snap, meters=meters, limits=fixed, active=[], mode="fallback", notes=(note,)
+            topo, site, snap, meters=meters, limits=fixed, active=[], mode="fallback", notes=(note,)
         )
     hold = worst_age_s > control.meter_stale_s
 
@@ -124,9 +126,9 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
         if reading is None:
             last = snap.written_a.get(conn.id)
             keep = max(last if last is not None else 0.0, conn.fallback_current_a)
-            for node in site.ancestors(conn.circuit):
+            for node_id in topo.path[conn.circuit]:
                 for p in conn.grid_phases:
-                    reserved[node.id][p] += keep
+                    reserved[node_id][p] += keep
             limits[conn.id] = ConnectorLimit(
                 connector=conn.id, current_a=conn.fallback_current_a, bound=Bound.EVSE_OFFLINE
             )
@@ -139,7 +141,9 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
     # Each node's per-phase headroom for the active connectors.
     available: dict[str, Triple] = {}
     for node in site.circuits:
-        non_ev = _non_ev(site, snap, node.id, meters.get(node.id), active)
+        non_ev = _non_ev(
+            site, topo, snap, node_id=node.id, verdict=meters.get(node.id), active=active
+        )
         r = reserved[node.id]
         base = node.rating_a - node.margin_a
         available[node.id] = (
@@ -148,7 +152,7 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
             base - non_ev[2] - r[2],
         )
 
-    shares = _share(site, active, available)
+    shares = _share(site, topo, active, available)
     for conn in active:
         limit = shares[conn.id]
         if hold and previous is not None and conn.id in previous.limits:
@@ -160,6 +164,7 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
     notes = (f"meter late by {worst_age_s:.1f} s: no increases",) if hold else ()
     mode = "hold" if hold else "normal"
     return _result(
+        topo,
         site,
         snap,
         meters=meters,
@@ -172,13 +177,13 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
 
 
 def _share(
-    site: Site, active: list[Connector], available: Mapping[str, Triple]
+    site: Site, topo: Topology, active: list[Connector], available: Mapping[str, Triple]
 ) -> dict[str, ConnectorLimit]:
     """Max-min fair shares with minimum currents: pause the least important until all fit."""
     candidates = list(active)
     paused: dict[str, ConnectorLimit] = {}
     while True:
-        filled = _fill(site, candidates, available)
+        filled = _fill(site, topo, candidates, available)
         short = [k for k in candidates if filled[k.id].current_a < k.min_current_a - _EPS]
         if not short:
             break
@@ -200,54 +205,67 @@ def _share(
 
 
 def _fill(
-    site: Site, conns: list[Connector], available: Mapping[str, Triple]
+    site: Site,
+    topo: Topology,
+    conns: list[Connector],
+    available: Mapping[str, Triple],
 ) -> dict[str, ConnectorLimit]:
     """Progressive filling: raise every unfrozen connector together until a node phase or the
     connector's own maximum stops it. The result is max-min fair per phase over the tree."""
-    level = {k.id: 0.0 for k in conns}
+    level = 0.0  # every unfrozen connector sits at this level
     bound: dict[str, ConnectorLimit] = {}
     remaining = {(n, p): available[n][p] for n in available for p in range(3)}
     users: dict[tuple[str, int], list[Connector]] = {key: [] for key in remaining}
+    keys_of: dict[str, list[tuple[str, int]]] = {}
     for conn in conns:
-        for node in site.ancestors(conn.circuit):
-            for p in conn.grid_phases:
-                users[(node.id, p)].append(conn)
+        keys_of[conn.id] = [(n, p) for n in topo.path[conn.circuit] for p in conn.grid_phases]
+        for key in keys_of[conn.id]:
+            users[key].append(conn)
+    counts = {key: len(us) for key, us in users.items() if us}
     unfrozen = {k.id: k for k in conns}
+
+    def freeze(conn: Connector, limit: ConnectorLimit) -> None:
+        bound[conn.id] = limit
+        del unfrozen[conn.id]
+        for key in keys_of[conn.id]:
+            counts[key] -= 1
+            if not counts[key]:
+                del counts[key]
+
     while unfrozen:
-        step = min(k.max_current_a - level[k.id] for k in unfrozen.values())
-        counts = {key: sum(1 for k in us if k.id in unfrozen) for key, us in users.items()}
+        step = min(k.max_current_a for k in unfrozen.values()) - level
         for key, count in counts.items():
-            if count:
-                step = min(step, remaining[key] / count)
+            step = min(step, remaining[key] / count)
         step = max(step, 0.0)
-        for kid in unfrozen:
-            level[kid] += step
+        level += step
         for key, count in counts.items():
             remaining[key] -= step * count
-        for kid, k in list(unfrozen.items()):
-            if level[kid] >= k.max_current_a - _EPS:
-                bound[kid] = ConnectorLimit(
-                    connector=kid, current_a=k.max_current_a, bound=Bound.CONNECTOR_MAX
-                )
-                del unfrozen[kid]
-        for key, count in counts.items():
-            if count and remaining[key] <= _EPS:
-                for k in users[key]:
-                    if k.id in unfrozen:
-                        bound[k.id] = ConnectorLimit(
-                            connector=k.id,
-                            current_a=floor_step(max(level[k.id], 0.0)),
-                            bound=Bound.CIRCUIT,
-                            node=key[0],
-                            phase=key[1],
-                        )
-                        del unfrozen[k.id]
+        for k in [k for k in unfrozen.values() if level >= k.max_current_a - _EPS]:
+            freeze(
+                k,
+                ConnectorLimit(
+                    connector=k.id, current_a=k.max_current_a, bound=Bound.CONNECTOR_MAX
+                ),
+            )
+        for key in [key for key in counts if remaining[key] <= _EPS]:
+            for k in users[key]:
+                if k.id in unfrozen:
+                    limit = ConnectorLimit(
+                        connector=k.id,
+                        current_a=floor_step(max(level, 0.0)),
+                        bound=Bound.CIRCUIT,
+                        node=key[0],
+                        phase=key[1],
+                    )
+                    freeze(k, limit)
     return bound
 
 
 def _non_ev(
     site: Site,
+    topo: Topology,
     snap: Snapshot,
+    *,
     node_id: str,
     verdict: _MeterVerdict | None,
     active: list[Connector],
@@ -259,7 +277,7 @@ def _non_ev(
     ev = [0.0, 0.0, 0.0]
     for conn in active:
         reading = snap.evses.get(conn.id)
-        if reading is not None and any(a.id == node_id for a in site.ancestors(conn.circuit)):
+        if reading is not None and node_id in topo.path[conn.circuit]:
             mapped = _on_grid(conn, reading.current_a)
             ev = [ev[p] + mapped[p] for p in range(3)]
     measured = verdict.reading.current_a
@@ -271,6 +289,7 @@ def _non_ev(
 
 
 def _result(
+    topo: Topology,
     site: Site,
     snap: Snapshot,
     *,
@@ -284,7 +303,7 @@ def _result(
     nodes: dict[str, NodePhaseState] = {}
     for node in site.circuits:
         allocated = [0.0, 0.0, 0.0]
-        for conn in site.connectors_under(node.id):
+        for conn in topo.under[node.id]:
             for p in conn.grid_phases:
                 allocated[p] += limits[conn.id].current_a
         verdict = meters.get(node.id)
@@ -293,7 +312,7 @@ def _result(
             rating_a=node.rating_a,
             margin_a=node.margin_a,
             measured_a=verdict.reading.current_a if verdict and verdict.reading else None,
-            non_ev_a=_non_ev(site, snap, node.id, verdict, active),
+            non_ev_a=_non_ev(site, topo, snap, node_id=node.id, verdict=verdict, active=active),
             allocated_a=(allocated[0], allocated[1], allocated[2]),
             available_a=available[node.id] if available is not None else ZERO3,
         )

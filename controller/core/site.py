@@ -170,3 +170,20 @@ def parse_rotation(text: str) -> tuple[int, ...]:
 
 def format_rotation(grid_phases: tuple[int, ...]) -> str:
     return "".join(PHASE_NAMES[p] for p in grid_phases)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Topology:
+    """The circuit tree indexed once: each circuit's path to the root, each node's connectors."""
+
+    path: Mapping[str, tuple[str, ...]]  # circuit id -> (itself, parent, ..., root)
+    under: Mapping[str, tuple[Connector, ...]]  # circuit id -> connectors fed through it
+
+    @classmethod
+    def of(cls, site: Site) -> Topology:
+        path = {c.id: tuple(a.id for a in site.ancestors(c.id)) for c in site.circuits}
+        under: dict[str, list[Connector]] = {c.id: [] for c in site.circuits}
+        for conn in site.connectors:
+            for node_id in path[conn.circuit]:
+                under[node_id].append(conn)
+        return cls(path=path, under={k: tuple(v) for k, v in under.items()})

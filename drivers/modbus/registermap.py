@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -324,7 +324,7 @@ def encode_value(field: Field, value: Value) -> tuple[int, ...]:
             raise ValueError(f"field {field.name!r}: {value!r} is longer than {2 * field.count}")
         data = data.ljust(2 * field.count, b"\x00")
         return tuple(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
-    if isinstance(value, str) or isinstance(value, bool):
+    if isinstance(value, str | bool):
         raise ValueError(f"field {field.name!r}: numeric field needs a number, got {value!r}")
     scaled = float(value) / field.scale
     fmt = _STRUCT_FORMAT[field.type]
@@ -367,8 +367,9 @@ def plan_reads(
 
     def flush() -> None:
         if table is not None and members:
-            blocks.append(ReadBlock(table=table, address=start, count=end - start,
-                                    fields=tuple(members)))
+            blocks.append(
+                ReadBlock(table=table, address=start, count=end - start, fields=tuple(members))
+            )
 
     for f in ordered:
         if f.count > max_registers:
@@ -399,11 +400,26 @@ def decode_block(block: ReadBlock, registers: Sequence[int]) -> dict[str, Value]
 
 # --- parsing a map ----------------------------------------------------------------------------
 
-_MAP_KEYS = frozenset({"map_version", "kind", "model", "description", "read", "defaults",
-                       "fields", "evse"})
-_FIELD_KEYS = frozenset({"name", "table", "address", "type", "count", "word_order", "scale",
-                         "access", "poll", "write_function", "states", "invalid_raw",
-                         "description"})
+_MAP_KEYS = frozenset(
+    {"map_version", "kind", "model", "description", "read", "defaults", "fields", "evse"}
+)
+_FIELD_KEYS = frozenset(
+    {
+        "name",
+        "table",
+        "address",
+        "type",
+        "count",
+        "word_order",
+        "scale",
+        "access",
+        "poll",
+        "write_function",
+        "states",
+        "invalid_raw",
+        "description",
+    }
+)
 
 
 class _Problems:
@@ -455,10 +471,16 @@ def _parse_field(
     if unknown:
         problems.add(where, f"unknown keys {unknown} (allowed: {sorted(_FIELD_KEYS)})")
 
-    table = _enum(Table, raw.get("table", defaults.get("table", "holding")), where, "table",
-                  problems)
-    word_order = _enum(WordOrder, raw.get("word_order", defaults.get("word_order", "big")),
-                       where, "word_order", problems)
+    table = _enum(
+        Table, raw.get("table", defaults.get("table", "holding")), where, "table", problems
+    )
+    word_order = _enum(
+        WordOrder,
+        raw.get("word_order", defaults.get("word_order", "big")),
+        where,
+        "word_order",
+        problems,
+    )
     access = _enum(Access, raw.get("access", "r"), where, "access", problems)
     rtype: StrEnum | None = None
     if "type" not in raw:
@@ -549,8 +571,9 @@ def _parse_states(
     for key, letter in raw.items():
         if rtype is RegType.STRING:
             if not isinstance(key, str):
-                problems.add(where, f"states key {key!r} must be text for a string field "
-                                    "(quote it in YAML)")
+                problems.add(
+                    where, f"states key {key!r} must be text for a string field (quote it in YAML)"
+                )
                 continue
         elif rtype in _INTEGER_TYPES:
             if not _is_int(key):
@@ -566,9 +589,7 @@ def _parse_states(
     return MappingProxyType(out)
 
 
-def _parse_evse(
-    raw: object, by_name: Mapping[str, Field], problems: _Problems
-) -> EvseSpec | None:
+def _parse_evse(raw: object, by_name: Mapping[str, Field], problems: _Problems) -> EvseSpec | None:
     if not isinstance(raw, Mapping):
         problems.add("evse", "an EVSE map needs an evse: section with at least setpoint")
         return None
@@ -623,8 +644,7 @@ def _parse_evse(
             if not _is_number(tol) or tol < 0:
                 problems.add("evse.fallback", f"tolerance_a {tol!r} must be a number >= 0")
             if isinstance(fb_name, str) and isinstance(programme, bool) and _is_number(tol):
-                fallback = FallbackSpec(field=fb_name, programme=programme,
-                                        tolerance_a=float(tol))
+                fallback = FallbackSpec(field=fb_name, programme=programme, tolerance_a=float(tol))
 
     watchdog: WatchdogSpec | None = None
     wd_raw = raw.get("watchdog")
@@ -644,8 +664,12 @@ def _parse_evse(
                 problems.add("evse.watchdog", f"timeout_option {option!r} must be text")
             if tfield is not None:
                 writable_field(tfield, "evse.watchdog.timeout_field")
-            if (_is_number(frac) and _is_number(default) and (option is None or
-                    isinstance(option, str)) and (tfield is None or isinstance(tfield, str))):
+            if (
+                _is_number(frac)
+                and _is_number(default)
+                and (option is None or isinstance(option, str))
+                and (tfield is None or isinstance(tfield, str))
+            ):
                 watchdog = WatchdogSpec(
                     refresh_fraction=float(frac),
                     default_timeout_s=float(default),
@@ -676,8 +700,9 @@ def _parse_evse(
 
     if len(problems.items) != before or setpoint is None:
         return None
-    return EvseSpec(setpoint=setpoint, fallback=fallback, watchdog=watchdog,
-                    setup_writes=tuple(writes))
+    return EvseSpec(
+        setpoint=setpoint, fallback=fallback, watchdog=watchdog, setup_writes=tuple(writes)
+    )
 
 
 def parse_map(data: object, *, name: str, source: str) -> RegisterMap:
@@ -744,6 +769,8 @@ def parse_map(data: object, *, name: str, source: str) -> RegisterMap:
     by_name = {f.name: f for f in fields}
 
     evse: EvseSpec | None = None
+    required: tuple[str, ...]
+    roles: tuple[str, ...]
     if kind is DeviceKind.METER:
         required, roles = METER_REQUIRED, METER_ROLES
         if "evse" in data:
@@ -771,8 +798,8 @@ def parse_map(data: object, *, name: str, source: str) -> RegisterMap:
         model=model,
         description=str(description),
         fields=tuple(fields),
-        max_read_registers=int(max_regs),
-        max_gap_registers=int(max_gap),
+        max_read_registers=max_regs if _is_int(max_regs) else DEFAULT_MAX_READ_REGISTERS,
+        max_gap_registers=max_gap if _is_int(max_gap) else 0,
         evse=evse,
     )
 
@@ -791,11 +818,12 @@ def parse_map_text(text: str, *, name: str, source: str) -> RegisterMap:
 
 def builtin_map_names() -> tuple[str, ...]:
     folder = resources.files("drivers.modbus") / "maps"
-    return tuple(sorted(p.name[: -len(".yaml")] for p in folder.iterdir()
-                        if p.name.endswith(".yaml")))
+    return tuple(
+        sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_builtin_map(name: str) -> RegisterMap:
     """A map shipped in ``drivers/modbus/maps/<name>.yaml``."""
     if not _NAME_RE.match(name) or name not in builtin_map_names():

@@ -1,0 +1,281 @@
+"""CLI layer: ``evsite config check FILE [--json]``, a technician's check of a site file.
+
+Loads the file through controller.config exactly as the service would. A valid file prints a
+tree of the site (circuits, meters, EVSEs) with each node's I5 fallback budget per phase and
+the warnings, exit 0; an invalid one prints every problem, exit 1; an unreadable one exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+from rich.text import Text
+from rich.tree import Tree
+
+from controller.config import (
+    ConfigUnreadable,
+    FallbackLoad,
+    LoadedConfig,
+    check_config,
+    fallback_loads,
+)
+from controller.core.site import (
+    PHASE_NAMES,
+    Circuit,
+    Connector,
+    DeviceSpec,
+    SerialTransport,
+    Site,
+    Transport,
+    format_rotation,
+)
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_UNREADABLE = 2
+
+
+def run_config_check(path: Path, *, as_json: bool, out: TextIO) -> int:
+    """Check ``path``, print the result to ``out``; returns the process exit code."""
+    try:
+        report = check_config(path)
+    except ConfigUnreadable as exc:
+        if as_json:
+            _write_json(out, ok=False, problems=exc.problems, warnings=[], site=None)
+        else:
+            for problem in exc.problems:
+                out.write(f"error: {problem}\n")
+        return EXIT_UNREADABLE
+
+    if as_json:
+        summary = site_summary(report.config) if report.config is not None else None
+        _write_json(
+            out,
+            ok=report.ok,
+            problems=list(report.problems),
+            warnings=list(report.warnings),
+            site=summary,
+        )
+        return EXIT_OK if report.ok else EXIT_INVALID
+
+    if report.config is None:
+        for problem in report.problems:
+            out.write(f"error: {problem}\n")
+        for warning in report.warnings:
+            out.write(f"warning: {warning}\n")
+        count = len(report.problems)
+        out.write(f"{path}: {count} problem{'s' if count != 1 else ''}; not a valid site config\n")
+        return EXIT_INVALID
+
+    _print_summary(report.config, out)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# JSON
+# --------------------------------------------------------------------------------------------
+
+
+def _write_json(
+    out: TextIO,
+    *,
+    ok: bool,
+    problems: list[str],
+    warnings: list[str],
+    site: dict[str, object] | None,
+) -> None:
+    document = {"ok": ok, "problems": problems, "warnings": warnings, "site": site}
+    # default=str: driver options are free YAML and may hold dates.
+    out.write(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def _transport_summary(transport: Transport) -> dict[str, object]:
+    kind = "serial" if isinstance(transport, SerialTransport) else "tcp"
+    return {"type": kind, **dataclasses.asdict(transport), "text": transport.describe()}
+
+
+def _device_summary(device: DeviceSpec) -> dict[str, object]:
+    return {
+        "id": device.id,
+        "driver": device.driver,
+        "transport": _transport_summary(device.transport),
+        "unit_id": device.unit_id,
+        "timeout_s": device.timeout_s,
+        "options": dict(device.options),
+    }
+
+
+def site_summary(config: LoadedConfig) -> dict[str, object]:
+    """The site as plain JSON data, with the I5 figures per circuit node and phase."""
+    site = config.site
+    loads = _loads_by_circuit(site)
+    circuits = [
+        {
+            "id": c.id,
+            "parent": c.parent,
+            "rating_a": c.rating_a,
+            "margin_a": c.margin_a,
+            "meter": c.meter,
+            "worst_case_non_ev_a": list(c.worst_case_non_ev_a),
+            "fallback_sum_a": [load.sum_a for load in loads[c.id]],
+            "fallback_limit_a": [load.limit_a for load in loads[c.id]],
+            "evses": [k.id for k in site.connectors if k.circuit == c.id],
+        }
+        for c in site.circuits
+    ]
+    evses = [
+        {
+            **_device_summary(k.evse),
+            "circuit": k.circuit,
+            "phase_rotation": format_rotation(k.grid_phases),
+            "grid_phases": [PHASE_NAMES[p] for p in k.grid_phases],
+            "min_current_a": k.min_current_a,
+            "max_current_a": k.max_current_a,
+            "fallback_current_a": k.fallback_current_a,
+            "priority_tier": k.priority_tier,
+        }
+        for k in site.connectors
+    ]
+    service = dataclasses.asdict(config.service)
+    service["state_dir"] = str(config.service.state_dir)
+    service["runtime_dir"] = str(config.service.runtime_dir)
+    service["socket_mode"] = f"0o{config.service.socket_mode:03o}"
+    return {
+        "id": site.id,
+        "name": site.name,
+        "timezone": site.timezone,
+        "nominal_voltage_v": site.nominal_voltage_v,
+        "source": str(config.source),
+        "circuits": circuits,
+        "meters": [_device_summary(m) for m in site.meters],
+        "evses": evses,
+        "control": dataclasses.asdict(site.control),
+        "service": service,
+    }
+
+
+def _loads_by_circuit(site: Site) -> dict[str, list[FallbackLoad]]:
+    loads: dict[str, list[FallbackLoad]] = {c.id: [] for c in site.circuits}
+    for load in fallback_loads(site):
+        loads[load.circuit].append(load)
+    return loads
+
+
+# --------------------------------------------------------------------------------------------
+# The readable tree
+# --------------------------------------------------------------------------------------------
+
+
+def _n(value: float) -> str:
+    return f"{value:g}"
+
+
+def _per_phase(values: tuple[float, float, float]) -> str:
+    if values[0] == values[1] == values[2]:
+        return f"{_n(values[0])} A"
+    return "/".join(_n(v) for v in values) + " A (L1/L2/L3)"
+
+
+def _circuit_label(site: Site, circuit: Circuit, loads: list[FallbackLoad]) -> Text:
+    label = Text()
+    label.append(circuit.id, style="bold")
+    label.append(
+        f"  {_n(circuit.rating_a)} A/phase, margin {_n(circuit.margin_a)} A, "
+        f"worst-case non-EV {_per_phase(circuit.worst_case_non_ev_a)}"
+    )
+    meter = next((m for m in site.meters if m.id == circuit.meter), None)
+    if meter is None:
+        label.append("\n  no meter: non-EV load taken as the worst case")
+    else:
+        label.append(
+            f"\n  meter {meter.id}: {meter.driver}, {meter.transport.describe()}, "
+            f"unit {meter.unit_id}"
+        )
+    label.append("\n  fallback sum / limit (I5):")
+    for load in loads:
+        style = "green" if load.fits else "bold red"
+        label.append(f"  {PHASE_NAMES[load.phase]} ")
+        label.append(f"{_n(load.sum_a)}/{_n(load.limit_a)} A", style=style)
+    return label
+
+
+def _connector_label(k: Connector) -> Text:
+    label = Text()
+    label.append(k.id, style="bold cyan")
+    label.append(f"  {k.evse.driver}, {k.evse.transport.describe()} unit {k.evse.unit_id}")
+    phases = "1-phase" if k.phase_count == 1 else "3-phase"
+    label.append(
+        f"\n  {phases} {format_rotation(k.grid_phases)}, "
+        f"{_n(k.min_current_a)}..{_n(k.max_current_a)} A, "
+        f"fallback {_n(k.fallback_current_a)} A, tier {k.priority_tier}"
+    )
+    return label
+
+
+def _add_circuit(
+    tree: Tree, site: Site, circuit: Circuit, loads: dict[str, list[FallbackLoad]]
+) -> None:
+    node = tree.add(_circuit_label(site, circuit, loads[circuit.id]))
+    for k in site.connectors:
+        if k.circuit == circuit.id:
+            node.add(_connector_label(k))
+    for child in site.children(circuit.id):
+        _add_circuit(node, site, child, loads)
+
+
+def _print_summary(config: LoadedConfig, out: TextIO) -> None:
+    site = config.site
+    console = Console(
+        file=out,
+        highlight=False,
+        emoji=False,
+        width=None if out.isatty() else 120,
+    )
+    title = Text()
+    title.append(f"site {site.id}", style="bold")
+    title.append(f"  {site.name!r}, {site.timezone}, {_n(site.nominal_voltage_v)} V")
+    tree = Tree(title)
+    loads = _loads_by_circuit(site)
+    _add_circuit(tree, site, site.root, loads)
+    console.print(tree)
+
+    used = {c.meter for c in site.circuits}
+    for meter in site.meters:
+        if meter.id not in used:
+            console.print(
+                Text(f"meter {meter.id} ({meter.driver}, {meter.transport.describe()}): unused")
+            )
+    c = site.control
+    console.print(
+        Text(
+            f"control: tick {_n(c.tick_s)} s, meter stale after {_n(c.meter_stale_s)} s, "
+            f"fallback after {_n(c.fallback_after_s)} s, EVSE stale after {_n(c.evse_stale_s)} s"
+        )
+    )
+    s = config.service
+    console.print(
+        Text(
+            f"service: state {s.state_dir}, runtime {s.runtime_dir}, socket group "
+            f"{s.socket_group or '-'} mode 0o{s.socket_mode:03o}, log {s.log_format}"
+        )
+    )
+    for warning in config.warnings:
+        console.print(Text(f"warning: {warning}", style="yellow"))
+    counts = ", ".join(
+        _count(n, word)
+        for n, word in (
+            (len(site.circuits), "circuit node"),
+            (len(site.meters), "meter"),
+            (len(site.connectors), "EVSE"),
+            (len(config.warnings), "warning"),
+        )
+    )
+    console.print(Text(f"OK: {config.source} is valid ({counts})", style="bold green"))
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

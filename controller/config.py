@@ -1,0 +1,1332 @@
+"""Config layer (the edge): one YAML site file -> validated, typed, immutable core objects.
+
+``load_config`` reads the file, validates it with pydantic (the only place pydantic sees the
+site) and converts it once into the dataclasses of ``controller.core.site``. Every problem is
+collected, not just the first, each as ``FILE:LINE: key.path: message`` so that a technician can
+fix a file in one pass. Invariant I5 (the fallback currents fit every circuit node on every
+phase, after phase rotation) is checked here, before the controller ever drives an EVSE.
+
+The core never imports this module; the composition root and the CLI do.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType, UnionType
+from typing import Annotated, Literal, NoReturn, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from controller.core.errors import ConfigError
+from controller.core.site import (
+    PHASE_NAMES,
+    PHASES,
+    Circuit,
+    Connector,
+    ControlSettings,
+    DeviceSpec,
+    SerialTransport,
+    Site,
+    TcpTransport,
+    Transport,
+    parse_rotation,
+)
+from drivers.modbus.registermap import DeviceKind, load_map_file
+from drivers.registry import EVSE_DRIVERS, GENERIC_EVSE, GENERIC_METER, METER_DRIVERS
+
+__all__ = [
+    "ROOT_CIRCUIT_ID",
+    "STANDARD_BAUDRATES",
+    "ConfigReport",
+    "ConfigUnreadable",
+    "FallbackLoad",
+    "LoadedConfig",
+    "LogFormat",
+    "ServiceSettings",
+    "check_config",
+    "check_config_text",
+    "fallback_loads",
+    "load_config",
+    "load_config_text",
+]
+
+ROOT_CIRCUIT_ID = "grid"
+STANDARD_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+LogFormat = Literal["auto", "console", "json"]
+
+# A key path into the YAML document: ("evses", 2, "max_current_a") is evses[2].max_current_a.
+KeyPath = tuple[str | int, ...]
+
+# Sums of floats (6.1 + 6.2 + ...) must not fail I5 by a rounding error.
+_EPS = 1e-9
+# Aliases can make a tiny file expand into a huge document ("billion laughs").
+_MAX_NODES = 100_000
+
+
+# --------------------------------------------------------------------------------------------
+# Public results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceSettings:
+    """How the service runs on the gateway: its directories, control socket and log format."""
+
+    state_dir: Path = Path("/var/lib/evsite")
+    runtime_dir: Path = Path("/run/evsite")
+    socket_group: str | None = None
+    socket_mode: int = 0o660
+    log_format: LogFormat = "auto"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedConfig:
+    """A site file that passed every check. ``warnings`` are formatted like problems."""
+
+    site: Site
+    service: ServiceSettings
+    warnings: tuple[str, ...]
+    source: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigReport:
+    """Everything a check found: the problems, the warnings, and the config when it is valid."""
+
+    source: Path
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+    config: LoadedConfig | None
+
+    @property
+    def ok(self) -> bool:
+        return self.config is not None
+
+
+class ConfigUnreadable(ConfigError):
+    """The config file could not be read at all (missing, no permission, a directory)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackLoad:
+    """I5 for one circuit node and one grid phase: the fallback currents against the limit.
+
+    ``limit_a`` is rating - worst-case non-EV load - margin; ``connectors`` lists the connectors
+    under the node (sub-boards included) that draw on this phase with a non-zero fallback.
+    """
+
+    circuit: str
+    phase: int
+    sum_a: float
+    limit_a: float
+    connectors: tuple[tuple[str, float], ...]
+
+    @property
+    def fits(self) -> bool:
+        return self.sum_a <= self.limit_a + _EPS
+
+
+def fallback_loads(site: Site) -> tuple[FallbackLoad, ...]:
+    """I5 figures for every circuit node (root first) and every grid phase."""
+    return _fallback_loads(site.circuits, site.connectors)
+
+
+def _fallback_loads(
+    circuits: Sequence[Circuit], connectors: Sequence[Connector]
+) -> tuple[FallbackLoad, ...]:
+    parent = {c.id: c.parent for c in circuits}
+
+    def path_to_root(circuit_id: str) -> set[str]:
+        seen: set[str] = set()
+        node: str | None = circuit_id
+        while node is not None and node not in seen:
+            seen.add(node)
+            node = parent.get(node)
+        return seen
+
+    chains = {k.id: path_to_root(k.circuit) for k in connectors}
+    loads: list[FallbackLoad] = []
+    for circuit in circuits:
+        under = [k for k in connectors if circuit.id in chains[k.id]]
+        for phase in PHASES:
+            drawing = tuple(
+                (k.id, k.fallback_current_a)
+                for k in under
+                if phase in k.grid_phases and k.fallback_current_a > 0
+            )
+            loads.append(
+                FallbackLoad(
+                    circuit=circuit.id,
+                    phase=phase,
+                    sum_a=math.fsum(a for _, a in drawing),
+                    limit_a=circuit.rating_a
+                    - circuit.worst_case_non_ev_a[phase]
+                    - circuit.margin_a,
+                    connectors=drawing,
+                )
+            )
+    return tuple(loads)
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read, validate and convert a site file. Raises ConfigError listing every problem."""
+    report = check_config(path)
+    if report.config is None:
+        raise ConfigError(list(report.problems))
+    return report.config
+
+
+def load_config_text(text: str, *, source: Path = Path("<string>")) -> LoadedConfig:
+    """Like ``load_config`` for text already in memory (tests, golden scenarios)."""
+    report = check_config_text(text, source=source)
+    if report.config is None:
+        raise ConfigError(list(report.problems))
+    return report.config
+
+
+def check_config(path: Path) -> ConfigReport:
+    """Check a site file without raising for its content; raises ConfigUnreadable only."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigUnreadable([f"{path}: cannot read the file: {reason}"]) from exc
+    label = str(path)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        problem = f"{label}:{line}: YAML syntax error: the file is not UTF-8 text ({exc.reason})"
+        return ConfigReport(source=path, problems=(problem,), warnings=(), config=None)
+    return _Loader(label, path).run(text)
+
+
+def check_config_text(text: str, *, source: Path = Path("<string>")) -> ConfigReport:
+    """Like ``check_config`` for text already in memory."""
+    return _Loader(str(source), source).run(text)
+
+
+# --------------------------------------------------------------------------------------------
+# The file format as pydantic models (validation only; nothing outside this module sees them)
+# --------------------------------------------------------------------------------------------
+
+# strict: "32" is not 32 and true is not 1; a float field still takes an int.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_GROUP_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_SERIAL_PORT_RE = re.compile(r"/dev/\S*[^/\s]")
+_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+# One error type for every rule of ours: its message is shown as it is.
+_OWN_ERROR = "evsite_rule"
+
+
+def _fail(message: str) -> NoReturn:
+    # The message goes in as context so that braces in a value are not read as a template.
+    raise PydanticCustomError(_OWN_ERROR, "{message}", {"message": message})
+
+
+def _valid_id(value: str) -> str:
+    if not _ID_RE.fullmatch(value):
+        _fail(
+            "an id is 1 to 64 letters, digits, '_', '-' or '.', starting with a letter or digit;"
+            f" got {value!r}"
+        )
+    return value
+
+
+def _valid_timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        message = f"unknown time zone {value!r}; use an IANA name like 'Europe/Berlin'"
+        guess = _closest(value, sorted(zoneinfo.available_timezones()))
+        _fail(f"{message} (did you mean {guess!r}?)" if guess else message)
+    return value
+
+
+def _per_phase(value: object) -> object:
+    """``20`` -> (20, 20, 20); ``[2, 0, 0]`` -> (2, 0, 0)."""
+    numbers: list[float]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        numbers = [value] * 3
+    elif isinstance(value, list) and len(value) == 3 and all(_is_number(v) for v in value):
+        numbers = [float(v) for v in value]
+    else:
+        _fail(f"expected a number or a list of three numbers [L1, L2, L3], got {_show(value)}")
+    if any(not math.isfinite(v) or v < 0 for v in numbers):
+        _fail(f"must be >= 0 on every phase, got {_show(value)}")
+    return tuple(float(v) for v in numbers)
+
+
+def _none_as_empty_mapping(value: object) -> object:
+    return {} if value is None else value
+
+
+def _octal_text(value: object) -> object:
+    """``"0660"`` / ``"0o660"`` -> 0o660 (YAML 1.1 reads an unquoted 0660 as octal itself)."""
+    if isinstance(value, str) and re.fullmatch(r"(0o|0)?[0-7]{1,4}", value.strip()):
+        return int(value.strip().removeprefix("0o"), 8)
+    return value
+
+
+def _valid_mode(value: int) -> int:
+    if not 0 <= value <= 0o777:
+        _fail(
+            f"must be a file mode within 0000..0777, got {value} (octal {value:o}); "
+            "write it as 0660 or '0o660'"
+        )
+    return value
+
+
+def _valid_group(value: str) -> str:
+    if not _GROUP_RE.fullmatch(value):
+        _fail(f"{value!r} is not a valid group name")
+    return value
+
+
+def _absolute(value: str) -> str:
+    if not PurePosixPath(value).is_absolute():
+        _fail(f"must be an absolute path, got {value!r}")
+    return value
+
+
+def _valid_rotation(value: str) -> str:
+    try:
+        parse_rotation(value)
+    except ValueError as exc:
+        _fail(str(exc))
+    return value
+
+
+def _valid_host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return value
+    # All digits and dots but no IP address: a mistyped address, not a host name.
+    if (
+        not value
+        or len(value) > 253
+        or re.fullmatch(r"[0-9.]+", value)
+        or not all(_HOST_LABEL_RE.fullmatch(p) for p in value.removesuffix(".").split("."))
+    ):
+        _fail(f"{value!r} is not an IP address or host name")
+    return value
+
+
+def _valid_tcp_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        _fail(f"TCP port must be within 1..65535, got {value}")
+    return value
+
+
+def _valid_serial_port(value: str) -> str:
+    if not _SERIAL_PORT_RE.fullmatch(value):
+        _fail(
+            "serial port must be a device path like /dev/ttyUSB0 or /dev/serial/by-id/..., "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _valid_baudrate(value: int) -> int:
+    if value not in STANDARD_BAUDRATES:
+        rates = ", ".join(str(b) for b in STANDARD_BAUDRATES)
+        _fail(f"{value} is not a standard baud rate; use one of {rates}")
+    return value
+
+
+def _valid_parity(value: str) -> str:
+    if value not in ("N", "E", "O"):
+        _fail(f"must be N (none), E (even) or O (odd), got {value!r}")
+    return value
+
+
+def _one_of(*allowed: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if value not in allowed:
+            _fail(f"must be {' or '.join(str(a) for a in allowed)}, got {value}")
+        return value
+
+    return check
+
+
+def _driver_check(
+    kind: str, known: Mapping[str, str], other: Mapping[str, str]
+) -> Callable[[str], str]:
+    other_kind = "EVSE" if kind == "meter" else "meter"
+
+    def check(value: str) -> str:
+        if value in known:
+            return value
+        if value in other:
+            message = f"{value!r} is {_a(other_kind)} driver, not {_a(kind)} driver"
+        else:
+            message = f"unknown {kind} driver {value!r}"
+            guess = _closest(value, sorted(known))
+            if guess is not None:
+                message += f" (did you mean {guess!r}?)"
+        _fail(f"{message}; known {kind} drivers: {', '.join(sorted(known))}")
+
+    return check
+
+
+Id = Annotated[str, AfterValidator(_valid_id)]
+PerPhase = Annotated[tuple[float, float, float], BeforeValidator(_per_phase)]
+Options = Annotated[dict[str, object], BeforeValidator(_none_as_empty_mapping)]
+
+
+class _SiteModel(BaseModel):
+    model_config = _STRICT
+    id: Id
+    name: str | None = None
+    timezone: Annotated[str, AfterValidator(_valid_timezone)]
+    nominal_voltage_v: float = Field(default=230.0, ge=100, le=500)
+
+
+class _GridModel(BaseModel):
+    model_config = _STRICT
+    rating_a: float = Field(gt=0)
+    margin_a: float = Field(default=0.0, ge=0)
+    meter: str | None = None
+    worst_case_non_ev_a: PerPhase = (0.0, 0.0, 0.0)
+
+
+class _CircuitModel(BaseModel):
+    model_config = _STRICT
+    id: Id
+    parent: str = ROOT_CIRCUIT_ID
+    rating_a: float = Field(gt=0)
+    margin_a: float = Field(default=0.0, ge=0)
+    meter: str | None = None
+    worst_case_non_ev_a: PerPhase = (0.0, 0.0, 0.0)
+
+
+class _TcpModel(BaseModel):
+    model_config = _STRICT
+    type: Literal["tcp"]
+    host: Annotated[str, AfterValidator(_valid_host)]
+    port: Annotated[int, AfterValidator(_valid_tcp_port)] = 502
+    rtu_over_tcp: bool = False
+
+
+class _SerialModel(BaseModel):
+    model_config = _STRICT
+    type: Literal["serial"]
+    port: Annotated[str, AfterValidator(_valid_serial_port)]
+    baudrate: Annotated[int, AfterValidator(_valid_baudrate)] = 9600
+    parity: Annotated[str, AfterValidator(_valid_parity)] = "N"
+    stopbits: Annotated[int, AfterValidator(_one_of(1, 2))] = 1
+    bytesize: Annotated[int, AfterValidator(_one_of(7, 8))] = 8
+
+
+_TRANSPORT_MODELS: dict[str, type[BaseModel]] = {"tcp": _TcpModel, "serial": _SerialModel}
+TransportModel = Annotated[_TcpModel | _SerialModel, Field(discriminator="type")]
+
+
+class _MeterModel(BaseModel):
+    model_config = _STRICT
+    id: Id
+    driver: Annotated[str, AfterValidator(_driver_check("meter", METER_DRIVERS, EVSE_DRIVERS))]
+    transport: TransportModel
+    unit_id: int = 1
+    timeout_s: float = Field(default=0.5, gt=0, le=10)
+    options: Options = Field(default_factory=dict)
+
+
+class _EvseModel(BaseModel):
+    model_config = _STRICT
+    id: Id
+    driver: Annotated[str, AfterValidator(_driver_check("EVSE", EVSE_DRIVERS, METER_DRIVERS))]
+    transport: TransportModel
+    unit_id: int = 1
+    timeout_s: float = Field(default=0.5, gt=0, le=10)
+    options: Options = Field(default_factory=dict)
+    circuit: str = ROOT_CIRCUIT_ID
+    phase_rotation: Annotated[str, AfterValidator(_valid_rotation)] = "L1L2L3"
+    min_current_a: float = Field(default=6.0, ge=6)
+    max_current_a: float = Field(default=32.0, gt=0)
+    fallback_current_a: float = Field(default=6.0, ge=0)
+    priority_tier: int = Field(default=0, ge=0)
+
+
+_DeviceModel = _MeterModel | _EvseModel
+
+
+class _ControlModel(BaseModel):
+    model_config = _STRICT
+    tick_s: float = Field(default=1.0, gt=0, le=60)
+    meter_stale_s: float = Field(default=3.0, gt=0)
+    fallback_after_s: float = Field(default=10.0, gt=0)
+    evse_stale_s: float = Field(default=5.0, gt=0)
+
+
+class _ServiceModel(BaseModel):
+    model_config = _STRICT
+    state_dir: Annotated[str, AfterValidator(_absolute)] = "/var/lib/evsite"
+    runtime_dir: Annotated[str, AfterValidator(_absolute)] = "/run/evsite"
+    socket_group: Annotated[str, AfterValidator(_valid_group)] | None = None
+    socket_mode: Annotated[int, BeforeValidator(_octal_text), AfterValidator(_valid_mode)] = 0o660
+    log_format: LogFormat = "auto"
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "site": _SiteModel,
+    "grid": _GridModel,
+    "circuits": _CircuitModel,
+    "meters": _MeterModel,
+    "evses": _EvseModel,
+    "control": _ControlModel,
+    "service": _ServiceModel,
+}
+_REQUIRED_SECTIONS = ("site", "grid")
+
+# Extra words for a range error on a field whose limit has a reason worth saying.
+_RANGE_HINTS = {
+    "min_current_a": "IEC 61851 allows no charging current below 6 A",
+    "nominal_voltage_v": "the phase-to-neutral voltage, e.g. 230",
+}
+
+# Fields that hold names: a number there was probably meant as text.
+_NAME_FIELDS = ("id", "name", "parent", "circuit", "meter", "socket_group", "host", "driver")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering values and paths in messages
+# --------------------------------------------------------------------------------------------
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _n(value: float) -> str:
+    return f"{value:g}"
+
+
+def _show(value: object) -> str:
+    """A value as the technician wrote it in YAML."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return repr(value)
+
+
+def _format_path(path: KeyPath) -> str:
+    text = ""
+    for element in path:
+        if isinstance(element, int):
+            text += f"[{element}]"
+        else:
+            text += f".{element}" if text else element
+    return text or "(top level)"
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+_TYPE_WORDS = {
+    "float_type": "a number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "string_type": "text",
+    "bool_type": "true or false",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+
+
+def _closest(word: str, choices: Sequence[str]) -> str | None:
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _unknown_key_message(key: object, valid: Sequence[str]) -> str:
+    text = f"unknown key {key!r}"
+    guess = _closest(str(key), valid)
+    if guess is not None:
+        return f"{text}; did you mean {guess!r}?"
+    if valid:
+        return f"{text}; valid keys here: {', '.join(valid)}"
+    return text
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model that validated the mapping at ``loc`` (to list its keys for a typo)."""
+    current: object = model
+    for element in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(element))
+            if field is None:
+                return None
+            current = field.annotation
+        elif get_origin(current) in (Union, UnionType):
+            # A discriminated union puts its tag ("tcp") into the error location.
+            current = _TRANSPORT_MODELS.get(str(element))
+        elif get_origin(current) in (list, dict) and get_args(current):
+            current = get_args(current)[-1]
+        else:
+            return None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return current
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The loader: YAML -> data with lines -> pydantic -> cross checks -> core objects
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Finding:
+    line: int
+    text: str
+
+
+class _Loader:
+    def __init__(self, label: str, source: Path) -> None:
+        self.label = label
+        self.source = source
+        self.lines: dict[KeyPath, int] = {(): 1}
+        self.data: object = None
+        self.problems: list[_Finding] = []
+        self.warnings: list[_Finding] = []
+        self.evse_paths: dict[str, KeyPath] = {}
+        self._nodes = 0
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def line_of(self, path: KeyPath) -> int:
+        while path not in self.lines:
+            path = path[:-1]
+        return self.lines[path]
+
+    def where(self, path: KeyPath) -> str:
+        return f"{_format_path(path)} (line {self.line_of(path)})"
+
+    def error(self, path: KeyPath, message: str) -> None:
+        line = self.line_of(path)
+        self.problems.append(
+            _Finding(line, f"{self.label}:{line}: {_format_path(path)}: {message}")
+        )
+
+    def warn(self, path: KeyPath, message: str) -> None:
+        line = self.line_of(path)
+        self.warnings.append(
+            _Finding(line, f"{self.label}:{line}: {_format_path(path)}: {message}")
+        )
+
+    def report(self, config: LoadedConfig | None) -> ConfigReport:
+        def ordered(found: list[_Finding]) -> tuple[str, ...]:
+            return tuple(f.text for f in sorted(found, key=lambda f: f.line))
+
+        problems = ordered(self.problems)
+        warnings = ordered(self.warnings)
+        if problems:
+            config = None
+        elif config is not None:
+            config = LoadedConfig(
+                site=config.site, service=config.service, warnings=warnings, source=config.source
+            )
+        return ConfigReport(source=self.source, problems=problems, warnings=warnings, config=config)
+
+    # -- YAML --------------------------------------------------------------------------------
+
+    def run(self, text: str) -> ConfigReport:
+        try:
+            self.data = self.compose(text)
+        except yaml.MarkedYAMLError as exc:
+            self.problems.append(_Finding(0, self.syntax_error(exc)))
+            return self.report(None)
+        except yaml.reader.ReaderError as exc:
+            line = text[: exc.position].count("\n") + 1
+            problem = f"unacceptable character {exc.character!r}: {exc.reason}"
+            self.problems.append(
+                _Finding(line, f"{self.label}:{line}: YAML syntax error: {problem}")
+            )
+            return self.report(None)
+        except _TooLarge:
+            self.error((), f"the document expands to more than {_MAX_NODES} nodes (aliases?)")
+            return self.report(None)
+        return self.report(self.check())
+
+    def syntax_error(self, exc: yaml.MarkedYAMLError) -> str:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = exc.problem or str(exc)
+        if exc.context and exc.context_mark is not None and exc.context_mark.line + 1 != line:
+            problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        elif exc.context:
+            problem += f" ({exc.context})"
+        return f"{self.label}:{line}: YAML syntax error: {problem}"
+
+    def compose(self, text: str) -> object:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            return None if node is None else self.build(loader, node, ())
+        finally:
+            loader.dispose()
+
+    def build(self, loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath) -> object:
+        """Plain data from a node, recording the line of every key path on the way."""
+        self._nodes += 1
+        if self._nodes > _MAX_NODES:
+            raise _TooLarge
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)  # resolves "<<" merge keys like yaml.safe_load does
+            mapping: dict[str, object] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if not isinstance(key, str):
+                    where = _format_path(path)
+                    message = f"key {_show(key)} is not text; quote it"
+                    self.problems.append(_Finding(line, f"{self.label}:{line}: {where}: {message}"))
+                    continue
+                child = (*path, key)
+                if key in mapping:
+                    first = self.lines[child]
+                    self.problems.append(
+                        _Finding(
+                            line,
+                            f"{self.label}:{line}: {_format_path(child)}: duplicate key "
+                            f"{key!r} (first at line {first}); YAML would keep only the last",
+                        )
+                    )
+                    continue
+                self.lines[child] = line
+                mapping[key] = self.build(loader, value_node, child)
+            return mapping
+        if isinstance(node, yaml.SequenceNode):
+            items: list[object] = []
+            for index, item_node in enumerate(node.value):
+                child = (*path, index)
+                self.lines[child] = item_node.start_mark.line + 1
+                items.append(self.build(loader, item_node, child))
+            return items
+        return loader.construct_object(node, deep=True)
+
+    # -- pydantic ----------------------------------------------------------------------------
+
+    def validate(self, model: type[M], path: KeyPath, raw: object) -> M | None:
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                self.pydantic_error(model, path, err)
+            return None
+
+    def data_path(self, base: KeyPath, loc: Sequence[str | int]) -> KeyPath:
+        """pydantic's ``loc`` as a path into the data: union tags dropped, missing keys kept."""
+        node: object = self.data
+        for element in base:
+            node = node[element] if isinstance(node, dict | list) else None  # type: ignore[index]
+        path = list(base)
+        for i, element in enumerate(loc):
+            last = i == len(loc) - 1
+            if isinstance(node, dict):
+                if element in node:
+                    path.append(element)
+                    node = node[element]
+                elif last:
+                    path.append(element)
+            elif isinstance(node, list) and isinstance(element, int) and element < len(node):
+                path.append(element)
+                node = node[element]
+            else:
+                break
+        return tuple(path)
+
+    def pydantic_error(self, model: type[BaseModel], base: KeyPath, err: ErrorDetails) -> None:
+        loc = err["loc"]
+        kind = err["type"]
+        value = err.get("input")
+        ctx = err.get("ctx") or {}
+        path = self.data_path(base, loc)
+        field_name = str(path[-1]) if path else ""
+        if kind == "extra_forbidden":
+            owner = _model_at(model, loc[:-1])
+            valid = list(owner.model_fields) if owner is not None else []
+            self.error(path, _unknown_key_message(loc[-1], valid))
+        elif kind == "missing":
+            self.error(path, "missing required key")
+        elif kind == "union_tag_invalid":
+            self.error(
+                (*path, "type"),
+                f"unknown transport type {ctx.get('tag')!r}; use 'tcp' or 'serial'",
+            )
+        elif kind == "union_tag_not_found":
+            self.error((*path, "type"), "missing required key (transport type: tcp or serial)")
+        elif kind in _TYPE_WORDS:
+            message = f"expected {_TYPE_WORDS[kind]}, got {_show(value)}"
+            if kind in ("float_type", "int_type") and isinstance(value, str):
+                if _looks_numeric(value):
+                    message += " (quoted text; remove the quotes)"
+            elif kind == "string_type" and _is_number(value) and field_name in _NAME_FIELDS:
+                message += f" (a number; quote it: '{value}')"
+            self.error(path, message)
+        elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            op, bound = {
+                "greater_than": (">", ctx.get("gt")),
+                "greater_than_equal": (">=", ctx.get("ge")),
+                "less_than": ("<", ctx.get("lt")),
+                "less_than_equal": ("<=", ctx.get("le")),
+            }[kind]
+            message = f"must be {op} {_n(float(bound or 0))}, got {_show(value)}"
+            hint = _RANGE_HINTS.get(field_name)
+            self.error(path, f"{message} ({hint})" if hint else message)
+        elif kind == "finite_number":
+            self.error(path, f"must be a finite number, got {_show(value)}")
+        elif kind == "literal_error":
+            self.error(path, f"must be {ctx.get('expected')}, got {_show(value)}")
+        elif kind == _OWN_ERROR:
+            self.error(path, err["msg"])
+        else:
+            message = err["msg"][:1].lower() + err["msg"][1:]
+            self.error(path, f"{message}, got {_show(value)}")
+
+    # -- the checks --------------------------------------------------------------------------
+
+    def check(self) -> LoadedConfig | None:
+        root = self.data
+        if root is None:
+            self.error((), "the file is empty; expected the sections site, grid, evses, ...")
+            return None
+        if not isinstance(root, dict):
+            self.error((), f"expected a mapping of sections (site, grid, ...), got {_show(root)}")
+            return None
+        for key in root:
+            if key not in _SECTIONS:
+                self.error((key,), _unknown_key_message(key, list(_SECTIONS)))
+        for key in _REQUIRED_SECTIONS:
+            if key not in root:
+                self.error((key,), "missing required section")
+
+        # 1. Each section and item on its own: every field's type and range.
+        site_m = self.section(_SiteModel, "site")
+        grid_m = self.section(_GridModel, "grid")
+        control_m = self.section(_ControlModel, "control")
+        service_m = self.section(_ServiceModel, "service")
+        circuits = self.items(_CircuitModel, "circuits")
+        meters = self.items(_MeterModel, "meters")
+        evses = self.items(_EvseModel, "evses")
+        if not self.raw_list("evses"):
+            self.warn(("evses",), "no EVSEs configured; the controller will only read meters")
+
+        # 2. References between items, from the raw ids so that one bad item does not hide
+        # (or fake) a problem in another.
+        self.check_device_ids()
+        self.check_meter_references()
+        tree_sound = self.check_circuit_references()
+        self.check_evse_circuits()
+
+        # 3. Rules across fields of one validated item, and across validated items.
+        control = self.check_control(control_m)
+        self.check_buses([*meters, *evses], control)
+        meter_specs = tuple(self.device_spec(path, m) for path, m in meters)
+        connectors = [self.connector(path, e) for path, e in evses]
+        tree = None
+        if tree_sound and grid_m is not None and len(circuits) == len(self.raw_list("circuits")):
+            tree = self.circuit_tree(grid_m, circuits)
+            self.check_fallbacks(tree, [k for k in connectors if k.circuit in tree])
+
+        if self.problems or site_m is None or tree is None or service_m is None:
+            return None
+        site = Site(
+            id=site_m.id,
+            name=site_m.name if site_m.name is not None else site_m.id,
+            timezone=site_m.timezone,
+            nominal_voltage_v=site_m.nominal_voltage_v,
+            circuits=tuple(c for c, _ in tree.values()),
+            meters=meter_specs,
+            connectors=tuple(connectors),
+            control=control,
+        )
+        service = ServiceSettings(
+            state_dir=Path(service_m.state_dir),
+            runtime_dir=Path(service_m.runtime_dir),
+            socket_group=service_m.socket_group,
+            socket_mode=service_m.socket_mode,
+            log_format=service_m.log_format,
+        )
+        return LoadedConfig(site=site, service=service, warnings=(), source=self.source)
+
+    def section(self, model: type[M], key: str) -> M | None:
+        root = self.data
+        assert isinstance(root, dict)
+        if key not in root:
+            return None if key in _REQUIRED_SECTIONS else model.model_validate({})
+        raw = root[key]
+        if raw is None and key not in _REQUIRED_SECTIONS:
+            raw = {}
+        return self.validate(model, (key,), raw)
+
+    def items(self, model: type[M], key: str) -> list[tuple[KeyPath, M]]:
+        root = self.data
+        assert isinstance(root, dict)
+        raw = root.get(key)
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.error((key,), f"expected a list (items starting with '- '), got {_show(raw)}")
+            return []
+        found: list[tuple[KeyPath, M]] = []
+        for index, item in enumerate(raw):
+            validated = self.validate(model, (key, index), item)
+            if validated is not None:
+                found.append(((key, index), validated))
+        return found
+
+    # -- references, on the raw data ---------------------------------------------------------
+
+    def raw_list(self, key: str) -> list[object]:
+        root = self.data
+        raw = root.get(key) if isinstance(root, dict) else None
+        return raw if isinstance(raw, list) else []
+
+    def raw_items(self, key: str) -> list[_RawItem]:
+        return [
+            _RawItem((key, i), item)
+            for i, item in enumerate(self.raw_list(key))
+            if isinstance(item, dict)
+        ]
+
+    def raw_grid(self) -> _RawItem | None:
+        root = self.data
+        grid = root.get(ROOT_CIRCUIT_ID) if isinstance(root, dict) else None
+        return _RawItem((ROOT_CIRCUIT_ID,), grid) if isinstance(grid, dict) else None
+
+    def check_device_ids(self) -> None:
+        first: dict[str, KeyPath] = {}
+        devices = [*self.raw_items("meters"), *self.raw_items("evses")]
+        for item in sorted(devices, key=lambda d: self.line_of(d.path)):
+            device_id = item.text("id")
+            if device_id is None:
+                continue
+            if device_id in first:
+                self.error(
+                    (*item.path, "id"),
+                    f"duplicate device id {device_id!r}, already used by "
+                    f"{self.where(first[device_id])}; ids are unique across meters and evses",
+                )
+            else:
+                first[device_id] = item.path
+
+    def check_meter_references(self) -> None:
+        meter_ids: dict[str, KeyPath] = {}
+        for item in self.raw_items("meters"):
+            meter_id = item.text("id")
+            if meter_id is not None:
+                meter_ids.setdefault(meter_id, item.path)
+        evse_ids = {item.text("id") for item in self.raw_items("evses")}
+        grid = self.raw_grid()
+        owners = [*([grid] if grid is not None else []), *self.raw_items("circuits")]
+        used: dict[str, KeyPath] = {}
+        for item in owners:
+            ref = item.text("meter")
+            if ref is None:
+                continue
+            if ref in meter_ids:
+                if ref in used:
+                    self.error(
+                        (*item.path, "meter"),
+                        f"meter {ref!r} already measures {self.where(used[ref])}; one meter "
+                        "measures one circuit node",
+                    )
+                else:
+                    used[ref] = item.path
+            elif ref in evse_ids:
+                self.error((*item.path, "meter"), f"{ref!r} is an EVSE, not a meter")
+            else:
+                defined = ", ".join(meter_ids) if meter_ids else "none (see meters:)"
+                self.error(
+                    (*item.path, "meter"), f"unknown meter {ref!r}; defined meters: {defined}"
+                )
+        for meter_id, path in meter_ids.items():
+            if meter_id not in used:
+                self.warn(
+                    (*path, "id"),
+                    f"meter {meter_id!r} is the meter of neither grid nor any circuit; it limits "
+                    "nothing",
+                )
+
+    def check_circuit_references(self) -> bool:
+        """Ids, parents and cycles of the circuit tree; True when the tree is sound."""
+        sound = True
+        parents: dict[str, str | None] = {}
+        paths: dict[str, KeyPath] = {}
+        for item in self.raw_items("circuits"):
+            circuit_id = item.text("id")
+            if circuit_id is None:
+                sound = False
+            elif circuit_id == ROOT_CIRCUIT_ID:
+                self.error(
+                    (*item.path, "id"),
+                    f"{ROOT_CIRCUIT_ID!r} is the root circuit (the grid: section); "
+                    "choose another id",
+                )
+                sound = False
+            elif circuit_id in paths:
+                self.error(
+                    (*item.path, "id"),
+                    f"duplicate circuit id {circuit_id!r}, already used by "
+                    f"{self.where(paths[circuit_id])}",
+                )
+                sound = False
+            else:
+                paths[circuit_id] = item.path
+                parents[circuit_id] = item.text("parent", ROOT_CIRCUIT_ID)
+
+        known = [ROOT_CIRCUIT_ID, *paths]
+        for circuit_id, parent in parents.items():
+            if parent is None:
+                sound = False  # not text: reported by its type check
+            elif parent not in known:
+                sound = False
+                self.error(
+                    (*paths[circuit_id], "parent"),
+                    f"unknown parent circuit {parent!r}; known circuits: {', '.join(known)}",
+                )
+
+        in_cycle: set[str] = set()
+        for start in parents:
+            trail: list[str] = []
+            node: str | None = start
+            while node in parents and node not in trail:
+                trail.append(node)
+                node = parents[node]
+            if node in trail and node not in in_cycle:
+                cycle = trail[trail.index(node) :]
+                in_cycle.update(cycle)
+                sound = False
+                shown = " -> ".join([*cycle, cycle[0]])
+                self.error(
+                    (*paths[cycle[0]], "parent"),
+                    f"the circuit tree has a cycle: {shown}; every circuit's parents must lead "
+                    f"up to {ROOT_CIRCUIT_ID!r}",
+                )
+        return sound
+
+    def check_evse_circuits(self) -> None:
+        known = [ROOT_CIRCUIT_ID]
+        for item in self.raw_items("circuits"):
+            circuit_id = item.text("id")
+            if circuit_id is not None and circuit_id not in known:
+                known.append(circuit_id)
+        for item in self.raw_items("evses"):
+            circuit = item.text("circuit", ROOT_CIRCUIT_ID)
+            if circuit is not None and circuit not in known:
+                self.error(
+                    (*item.path, "circuit"),
+                    f"unknown circuit {circuit!r}; known circuits: {', '.join(known)}",
+                )
+
+    # -- rules across fields and items, on validated data ------------------------------------
+
+    def check_control(self, control_m: _ControlModel | None) -> ControlSettings:
+        if control_m is None:
+            return ControlSettings()
+        c = control_m
+        if c.meter_stale_s < c.tick_s:
+            self.error(
+                ("control", "meter_stale_s"),
+                f"{_n(c.meter_stale_s)} s is shorter than tick_s {_n(c.tick_s)} s; every meter "
+                "reading would count as stale",
+            )
+        if c.evse_stale_s < c.tick_s:
+            self.error(
+                ("control", "evse_stale_s"),
+                f"{_n(c.evse_stale_s)} s is shorter than tick_s {_n(c.tick_s)} s; every EVSE "
+                "reading would count as stale",
+            )
+        if c.fallback_after_s < c.meter_stale_s:
+            self.error(
+                ("control", "fallback_after_s"),
+                f"{_n(c.fallback_after_s)} s is shorter than meter_stale_s "
+                f"{_n(c.meter_stale_s)} s; the fallback comes after the meter is stale",
+            )
+        return ControlSettings(
+            tick_s=c.tick_s,
+            meter_stale_s=c.meter_stale_s,
+            fallback_after_s=c.fallback_after_s,
+            evse_stale_s=c.evse_stale_s,
+        )
+
+    def device_spec(self, path: KeyPath, device: _DeviceModel) -> DeviceSpec:
+        t = device.transport
+        transport: Transport
+        if isinstance(t, _TcpModel):
+            if not 0 <= device.unit_id <= 255:
+                self.error((*path, "unit_id"), f"must be within 0..255, got {device.unit_id}")
+            transport = TcpTransport(host=t.host, port=t.port, rtu_over_tcp=t.rtu_over_tcp)
+        else:
+            if not 1 <= device.unit_id <= 247:
+                self.error(
+                    (*path, "unit_id"),
+                    f"must be within 1..247 on a serial line (0 is broadcast), "
+                    f"got {device.unit_id}",
+                )
+            transport = SerialTransport(
+                port=t.port,
+                baudrate=t.baudrate,
+                parity=t.parity,
+                stopbits=t.stopbits,
+                bytesize=t.bytesize,
+            )
+        return DeviceSpec(
+            id=device.id,
+            driver=device.driver,
+            transport=transport,
+            unit_id=device.unit_id,
+            timeout_s=device.timeout_s,
+            options=MappingProxyType(self.device_options(path, device)),
+        )
+
+    def device_options(self, path: KeyPath, device: _DeviceModel) -> dict[str, object]:
+        """The driver options, with a site's own register map resolved beside the config."""
+        options = dict(device.options)
+        key_path = (*path, "options", "register_map")
+        ref = options.get("register_map")
+        if device.driver not in (GENERIC_METER, GENERIC_EVSE):
+            if ref is not None:
+                self.warn(
+                    key_path,
+                    f"ignored: {device.driver} uses its built-in register map; only "
+                    f"{GENERIC_METER} and {GENERIC_EVSE} read a map file",
+                )
+            return options
+        if ref is None:
+            self.error(
+                key_path,
+                f"missing: driver {device.driver} needs the path of a register map file (YAML)",
+            )
+            return options
+        if not isinstance(ref, str) or not ref.strip():
+            self.error(key_path, f"expected the path of a register map file, got {_show(ref)}")
+            return options
+        map_path = Path(ref)
+        if not map_path.is_absolute():
+            map_path = self.source.resolve().parent / map_path
+        options["register_map"] = str(map_path)
+        try:
+            register_map = load_map_file(map_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                self.error(key_path, f"bad register map: {problem}")
+            return options
+        expected = DeviceKind.EVSE if device.driver == GENERIC_EVSE else DeviceKind.METER
+        if register_map.kind != expected:
+            self.error(
+                key_path,
+                f"{map_path} describes {_a(str(register_map.kind))}, but {device.driver} needs "
+                f"{_a(str(expected))} map",
+            )
+        return options
+
+    def connector(self, path: KeyPath, e: _EvseModel) -> Connector:
+        spec = self.device_spec(path, e)
+        self.evse_paths[e.id] = path
+        if e.min_current_a > e.max_current_a:
+            self.error(
+                (*path, "min_current_a"),
+                f"min_current_a {_n(e.min_current_a)} A is above max_current_a "
+                f"{_n(e.max_current_a)} A",
+            )
+        fallback = e.fallback_current_a
+        if fallback != 0 and (
+            fallback < min(e.min_current_a, e.max_current_a) or fallback > e.max_current_a
+        ):
+            self.error(
+                (*path, "fallback_current_a"),
+                f"{_n(fallback)} A must be 0 (stop charging) or within min_current_a.."
+                f"max_current_a ({_n(e.min_current_a)}..{_n(e.max_current_a)} A)",
+            )
+        return Connector(
+            id=e.id,
+            evse=spec,
+            circuit=e.circuit,
+            grid_phases=parse_rotation(e.phase_rotation),
+            min_current_a=e.min_current_a,
+            max_current_a=e.max_current_a,
+            fallback_current_a=fallback,
+            priority_tier=e.priority_tier,
+        )
+
+    def check_buses(
+        self, devices: Sequence[tuple[KeyPath, _DeviceModel]], control: ControlSettings
+    ) -> None:
+        """One RS-485 line has one set of settings; one address is one device."""
+        line_settings: dict[str, tuple[KeyPath, tuple[int, str, int, int]]] = {}
+        line_timeouts: dict[str, float] = {}
+        addresses: dict[tuple[str, int], KeyPath] = {}
+        for path, device in sorted(devices, key=lambda d: self.line_of(d[0])):
+            t = device.transport
+            if isinstance(t, _SerialModel):
+                settings = (t.baudrate, t.parity, t.stopbits, t.bytesize)
+                if t.port in line_settings and line_settings[t.port][1] != settings:
+                    first_path, (baud, parity, stop, size) = line_settings[t.port]
+                    self.error(
+                        (*path, "transport"),
+                        f"serial line {t.port} is set to {baud} {size}{parity}{stop} by "
+                        f"{self.where(first_path)}; every device on one line must use the same "
+                        "baud rate, parity, stop bits and byte size",
+                    )
+                line_settings.setdefault(t.port, (path, settings))
+                line_timeouts[t.port] = line_timeouts.get(t.port, 0.0) + device.timeout_s
+                bus = t.port
+            else:
+                bus = f"{t.host}:{t.port}"
+            address = (bus, device.unit_id)
+            if address in addresses:
+                self.error(
+                    (*path, "unit_id"),
+                    f"unit_id {device.unit_id} on {bus} is already used by "
+                    f"{self.where(addresses[address])}",
+                )
+            else:
+                addresses[address] = path
+            if device.timeout_s >= control.tick_s:
+                self.warn(
+                    (*path, "timeout_s"),
+                    f"{_n(device.timeout_s)} s is not shorter than tick_s {_n(control.tick_s)} s;"
+                    " a dead device would stretch every tick",
+                )
+        for port, total in line_timeouts.items():
+            if total > control.tick_s + _EPS:
+                first_path = line_settings[port][0]
+                self.warn(
+                    (*first_path, "transport"),
+                    f"the timeouts of all devices on {port} add up to {_n(total)} s, more than "
+                    f"tick_s {_n(control.tick_s)} s; if they all stop answering, a tick overruns",
+                )
+
+    def circuit_tree(
+        self, grid_m: _GridModel, circuits: list[tuple[KeyPath, _CircuitModel]]
+    ) -> dict[str, tuple[Circuit, KeyPath]]:
+        """The circuit nodes, root first, then parents before children, else in file order."""
+        tree: dict[str, tuple[Circuit, KeyPath]] = {
+            ROOT_CIRCUIT_ID: (
+                Circuit(
+                    id=ROOT_CIRCUIT_ID,
+                    parent=None,
+                    rating_a=grid_m.rating_a,
+                    margin_a=grid_m.margin_a,
+                    meter=grid_m.meter,
+                    worst_case_non_ev_a=grid_m.worst_case_non_ev_a,
+                ),
+                (ROOT_CIRCUIT_ID,),
+            )
+        }
+        pending = list(circuits)
+        while pending:
+            for path, c in pending:
+                if c.parent in tree:
+                    circuit = Circuit(
+                        id=c.id,
+                        parent=c.parent,
+                        rating_a=c.rating_a,
+                        margin_a=c.margin_a,
+                        meter=c.meter,
+                        worst_case_non_ev_a=c.worst_case_non_ev_a,
+                    )
+                    tree[c.id] = (circuit, path)
+            pending = [(p, c) for p, c in pending if c.id not in tree]
+        for circuit, path in tree.values():
+            if circuit.parent is not None:
+                parent = tree[circuit.parent][0]
+                if circuit.rating_a > parent.rating_a:
+                    self.warn(
+                        (*path, "rating_a"),
+                        f"{_n(circuit.rating_a)} A is above the {_n(parent.rating_a)} A of its "
+                        f"parent {parent.id!r}; the parent's rating limits it anyway",
+                    )
+        grid = tree[ROOT_CIRCUIT_ID][0]
+        if grid.meter is None and not any(grid.worst_case_non_ev_a):
+            self.warn(
+                (ROOT_CIRCUIT_ID,),
+                "the grid has no meter and worst_case_non_ev_a is 0: the controller assumes the "
+                "site draws nothing but EV charging",
+            )
+        return tree
+
+    def check_fallbacks(
+        self, tree: dict[str, tuple[Circuit, KeyPath]], connectors: list[Connector]
+    ) -> None:
+        """I5, plus a warning for a connector whose maximum no circuit above it could carry."""
+        for k in connectors:
+            chain: list[Circuit] = []
+            node: str | None = k.circuit
+            while node is not None:
+                circuit = tree[node][0]
+                chain.append(circuit)
+                node = circuit.parent
+            tightest = min(chain, key=lambda c: c.rating_a)
+            if k.max_current_a > tightest.rating_a:
+                self.warn(
+                    (*self.evse_paths[k.id], "max_current_a"),
+                    f"{_n(k.max_current_a)} A is above the {_n(tightest.rating_a)} A rating of "
+                    f"circuit {tightest.id!r}; the controller never gives it more than that",
+                )
+        for load in _fallback_loads([c for c, _ in tree.values()], connectors):
+            if load.fits:
+                continue
+            circuit, path = tree[load.circuit]
+            drawing = ", ".join(f"{cid} {_n(a)} A" for cid, a in load.connectors) or "none"
+            self.error(
+                path,
+                f"fallback currents do not fit circuit {circuit.id!r} on phase "
+                f"{PHASE_NAMES[load.phase]} (I5): sum {_n(load.sum_a)} A > limit "
+                f"{_n(load.limit_a)} A = rating {_n(circuit.rating_a)} A - worst-case non-EV "
+                f"{_n(circuit.worst_case_non_ev_a[load.phase])} A - margin "
+                f"{_n(circuit.margin_a)} A; connectors: {drawing}",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _RawItem:
+    """A mapping from the file before validation, for checks of references between items."""
+
+    path: KeyPath
+    data: dict[str, object]
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        """The value when it is text (or the default when absent); None when it is not text."""
+        value = self.data.get(key, default)
+        return value if isinstance(value, str) else None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "AEIOUaeiou" else f"a {word}"

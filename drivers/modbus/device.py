@@ -1,0 +1,154 @@
+"""Drivers layer: what every register-map device does: read its planned blocks, write one field.
+
+``RegisterMapMeter`` and ``RegisterMapEvse`` build on this; the model lives in the map, the bus
+in the ``ModbusClient``, and this class only joins the two for one device (unit id).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from controller.core.errors import ConfigError, DeviceError, DeviceUnavailable
+from controller.core.site import DeviceSpec
+from drivers.modbus.bus import BusPool
+from drivers.modbus.client import ModbusClient
+from drivers.modbus.registermap import (
+    DeviceKind,
+    Field,
+    ReadBlock,
+    RegisterMap,
+    Value,
+    decode_block,
+    encode_value,
+    load_builtin_map,
+)
+
+
+def number_option(spec: DeviceSpec, key: str, default: float | None) -> float | None:
+    """A positive number from ``spec.options``; ConfigError when it is there but not one."""
+    raw = spec.options.get(key)
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise ConfigError([f"device {spec.id}: option {key} = {raw!r} must be a number"])
+    if raw <= 0:
+        raise ConfigError([f"device {spec.id}: option {key} = {raw!r} must be > 0"])
+    return float(raw)
+
+
+class RegisterMapDevice:
+    """One Modbus device (unit id on a bus) driven by a register map."""
+
+    kind: DeviceKind = DeviceKind.METER
+
+    def __init__(
+        self,
+        spec: DeviceSpec,
+        register_map: RegisterMap | str,
+        *,
+        pool: BusPool | None = None,
+    ) -> None:
+        rmap = load_builtin_map(register_map) if isinstance(register_map, str) else register_map
+        if rmap.kind is not self.kind:
+            raise ConfigError(
+                [
+                    f"device {spec.id}: register map {rmap.source} describes a {rmap.kind}, "
+                    f"not a {self.kind}"
+                ]
+            )
+        if not 0 <= spec.unit_id <= 255:
+            raise ConfigError([f"device {spec.id}: unit id {spec.unit_id} is not 0..255"])
+        gap_s = number_option(spec, "inter_frame_gap_s", None)
+        self._spec = spec
+        self._map = rmap
+        self._pool = pool
+        if pool is not None:
+            self._client = pool.get(
+                spec.transport, timeout_s=spec.timeout_s, inter_frame_gap_s=gap_s
+            )
+        else:
+            self._client = ModbusClient(
+                spec.transport, timeout_s=spec.timeout_s, inter_frame_gap_s=gap_s
+            )
+        self._plan: tuple[ReadBlock, ...] = rmap.plan()
+        self._last_values: Mapping[str, Value] = MappingProxyType({})
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self._spec.id
+
+    @property
+    def spec(self) -> DeviceSpec:
+        return self._spec
+
+    @property
+    def register_map(self) -> RegisterMap:
+        return self._map
+
+    @property
+    def client(self) -> ModbusClient:
+        return self._client
+
+    @property
+    def read_plan(self) -> tuple[ReadBlock, ...]:
+        return self._plan
+
+    @property
+    def last_values(self) -> Mapping[str, Value]:
+        """Every polled field of the last successful read (for status and diagnostics)."""
+        return self._last_values
+
+    async def read_fields(self, fields: Iterable[Field] | None = None) -> dict[str, Value]:
+        """Read ``fields`` (default: the polled ones) in as few requests as the map allows."""
+        plan = self._plan if fields is None else self._map.plan(fields)
+        values: dict[str, Value] = {}
+        for block in plan:
+            registers = await self._client.read_registers(
+                block.table, block.address, block.count, self._spec.unit_id
+            )
+            try:
+                values.update(decode_block(block, registers))
+            except ValueError as exc:
+                raise DeviceUnavailable(f"device {self.name}: {exc}") from exc
+        if fields is None:
+            self._last_values = MappingProxyType(dict(values))
+        return values
+
+    async def read_field(self, name: str) -> Value:
+        field = self._map.field(name)
+        return (await self.read_fields([field]))[name]
+
+    async def write_field(self, name: str, value: Value) -> None:
+        """Encode ``value`` per the map and write it (all registers of the field in one request)."""
+        field = self._map.field(name)
+        if not field.writable:
+            raise DeviceError(
+                f"device {self.name}: field {name!r} is read-only in {self._map.source}"
+            )
+        words = encode_value(field, value)
+        if field.write_function == 6:
+            await self._client.write_register(field.address, words[0], self._spec.unit_id)
+        else:
+            await self._client.write_registers(field.address, words, self._spec.unit_id)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None:
+            await self._pool.release(self._client)
+        else:
+            await self._client.close()
+
+
+def number(values: Mapping[str, Value], name: str) -> float | None:
+    """A numeric field's value as float, None when the map does not have the field."""
+    v = values.get(name)
+    if v is None:
+        return None
+    if isinstance(v, str):
+        raise DeviceError(f"field {name!r} decoded as text {v!r}, expected a number")
+    return float(v)
