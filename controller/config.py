@@ -68,6 +68,8 @@ KeyPath = tuple[str | int, ...]
 
 # Sums of floats (6.1 + 6.2 + ...) must not fail I5 by a rounding error.
 _EPS = 1e-9
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
 # Aliases can make a tiny file expand into a huge document ("billion laughs").
 _MAX_NODES = 100_000
 
@@ -249,7 +251,9 @@ def _valid_timezone(value: str) -> str:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         message = f"unknown time zone {value!r}; use an IANA name like 'Europe/Berlin'"
-        guess = _closest(value, sorted(zoneinfo.available_timezones()))
+        names = sorted(zoneinfo.available_timezones())
+        same_but_case = [n for n in names if n.lower() == value.lower()]
+        guess = same_but_case[0] if same_but_case else _closest(value, names)
         _fail(f"{message} (did you mean {guess!r}?)" if guess else message)
     return value
 
@@ -621,6 +625,7 @@ class _Loader:
         self.warnings: list[_Finding] = []
         self.evse_paths: dict[str, KeyPath] = {}
         self._nodes = 0
+        self._open: set[int] = set()  # nodes being built, to catch an alias inside itself
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -664,17 +669,20 @@ class _Loader:
         try:
             self.data = self.compose(text)
         except yaml.MarkedYAMLError as exc:
-            self.problems.append(_Finding(0, self.syntax_error(exc)))
+            self.problems.append(_Finding(1, self.syntax_error(exc)))
             return self.report(None)
         except yaml.reader.ReaderError as exc:
             line = text[: exc.position].count("\n") + 1
-            problem = f"unacceptable character {exc.character!r}: {exc.reason}"
+            char = exc.character
+            shown = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+            problem = f"unacceptable character {shown}: {exc.reason}"
             self.problems.append(
                 _Finding(line, f"{self.label}:{line}: YAML syntax error: {problem}")
             )
             return self.report(None)
-        except _TooLarge:
-            self.error((), f"the document expands to more than {_MAX_NODES} nodes (aliases?)")
+        except _BadDocument as exc:
+            problem = f"{self.label}:{exc.line}: YAML syntax error: {exc.problem}"
+            self.problems.append(_Finding(exc.line, problem))
             return self.report(None)
         return self.report(self.check())
 
@@ -700,7 +708,20 @@ class _Loader:
         """Plain data from a node, recording the line of every key path on the way."""
         self._nodes += 1
         if self._nodes > _MAX_NODES:
-            raise _TooLarge
+            raise _BadDocument(
+                f"the document expands to more than {_MAX_NODES} values (aliases?)", 1
+            )
+        if id(node) in self._open:
+            raise _BadDocument("an alias refers to a value that contains it", _line(node))
+        self._open.add(id(node))
+        try:
+            return self.build_inner(loader, node, path)
+        finally:
+            self._open.discard(id(node))
+
+    def build_inner(self, loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath) -> object:
+        if isinstance(node, yaml.CollectionNode) and node.tag not in (_MAP_TAG, _SEQ_TAG):
+            raise _BadDocument(f"unsupported tag {node.tag!r}", _line(node))
         if isinstance(node, yaml.MappingNode):
             loader.flatten_mapping(node)  # resolves "<<" merge keys like yaml.safe_load does
             mapping: dict[str, object] = {}
@@ -1324,8 +1345,17 @@ class _RawItem:
         return value if isinstance(value, str) else None
 
 
-class _TooLarge(Exception):
-    pass
+class _BadDocument(Exception):
+    """Valid YAML syntax that still cannot become plain data (recursive or huge)."""
+
+    def __init__(self, problem: str, line: int) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.line = line
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
 
 
 def _a(word: str) -> str:

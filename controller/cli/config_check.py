@@ -247,24 +247,28 @@ def _print_summary(config: LoadedConfig, out: TextIO) -> None:
     for meter in site.meters:
         if meter.id not in used:
             console.print(
-                Text(f"meter {meter.id} ({meter.driver}, {meter.transport.describe()}): unused")
+                Text(f"meter {meter.id} ({meter.driver}, {meter.transport.describe()}): unused"),
+                soft_wrap=True,
             )
     c = site.control
     console.print(
         Text(
             f"control: tick {_n(c.tick_s)} s, meter stale after {_n(c.meter_stale_s)} s, "
             f"fallback after {_n(c.fallback_after_s)} s, EVSE stale after {_n(c.evse_stale_s)} s"
-        )
+        ),
+        soft_wrap=True,
     )
     s = config.service
     console.print(
         Text(
             f"service: state {s.state_dir}, runtime {s.runtime_dir}, socket group "
             f"{s.socket_group or '-'} mode 0o{s.socket_mode:03o}, log {s.log_format}"
-        )
+        ),
+        soft_wrap=True,
     )
     for warning in config.warnings:
-        console.print(Text(f"warning: {warning}", style="yellow"))
+        # soft_wrap: a problem line stays one line, whole, for grep and for copying.
+        console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     counts = ", ".join(
         _count(n, word)
         for n, word in (
@@ -274,7 +278,9 @@ def _print_summary(config: LoadedConfig, out: TextIO) -> None:
             (len(config.warnings), "warning"),
         )
     )
-    console.print(Text(f"OK: {config.source} is valid ({counts})", style="bold green"))
+    console.print(
+        Text(f"OK: {config.source} is valid ({counts})", style="bold green"), soft_wrap=True
+    )
 
 
 def _count(n: int, word: str) -> str:

@@ -25,6 +25,8 @@ from drivers.modbus.registermap import (
     load_builtin_map,
 )
 
+_ARTICLED = {DeviceKind.METER: "a meter", DeviceKind.EVSE: "an EVSE"}
+
 
 def number_option(spec: DeviceSpec, key: str, default: float | None) -> float | None:
     """A positive number from ``spec.options``; ConfigError when it is there but not one."""
@@ -54,8 +56,8 @@ class RegisterMapDevice:
         if rmap.kind is not self.kind:
             raise ConfigError(
                 [
-                    f"device {spec.id}: register map {rmap.source} describes a {rmap.kind}, "
-                    f"not a {self.kind}"
+                    f"device {spec.id}: register map {rmap.source} describes "
+                    f"{_ARTICLED[rmap.kind]}, not {_ARTICLED[self.kind]}"
                 ]
             )
         if not 0 <= spec.unit_id <= 255:

@@ -265,7 +265,7 @@ def test_alfen_watchdog_refresh_from_validity_time() -> None:
     assert refresh_s is not None and refresh_s == pytest.approx(99.9) and refresh_s <= 300 / 3
     with pytest.raises(ConfigError, match="validity_time_s"):
         RegisterMapEvse(spec(1, driver="alfen_ng9xx", validity_time_s="long"), "alfen_ng9xx")
-    with pytest.raises(ConfigError, match="describes a evse, not a meter"):
+    with pytest.raises(ConfigError, match="describes an EVSE, not a meter"):
         RegisterMapMeter(spec(1, driver="alfen_ng9xx"), "alfen_ng9xx")
 
 

@@ -1,0 +1,1 @@
+"""Adapters layer: OCPP and MQTT links, converting foreign types to core types at the boundary."""
