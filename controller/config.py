@@ -860,7 +860,7 @@ class _Loader:
         circuits = self.items(_CircuitModel, "circuits")
         meters = self.items(_MeterModel, "meters")
         evses = self.items(_EvseModel, "evses")
-        if not self.raw_list("evses"):
+        if root.get("evses") in (None, []):
             self.warn(("evses",), "no EVSEs configured; the controller will only read meters")
 
         # 2. References between items, from the raw ids so that one bad item does not hide

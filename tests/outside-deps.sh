@@ -3,7 +3,7 @@
 # Debian packages: add here as the suite grows (mosquitto for the MQTT link, ...).
 set -euo pipefail
 
-DEBIAN_PACKAGES=()   # e.g. (mosquitto)
+DEBIAN_PACKAGES=(shellcheck)   # mosquitto joins with the MQTT link
 declare -A PROVIDES=()  # package -> command that shows it is there
 
 missing=()

@@ -13,9 +13,27 @@ ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "controller" / "core"
 
 FORBIDDEN_MODULES = {
-    "asyncio", "socket", "ssl", "selectors", "select", "serial", "pymodbus", "paho", "ocpp",
-    "websockets", "logging", "structlog", "time", "sqlite3", "subprocess", "threading", "os",
-    "random", "urllib", "http", "aiomqtt",
+    "asyncio",
+    "socket",
+    "ssl",
+    "selectors",
+    "select",
+    "serial",
+    "pymodbus",
+    "paho",
+    "ocpp",
+    "websockets",
+    "logging",
+    "structlog",
+    "time",
+    "sqlite3",
+    "subprocess",
+    "threading",
+    "os",
+    "random",
+    "urllib",
+    "http",
+    "aiomqtt",
 }
 FORBIDDEN_CALLS = {"now", "utcnow", "today", "fromtimestamp", "monotonic", "perf_counter"}
 
@@ -50,7 +68,9 @@ def test_core_reads_no_clock() -> None:
                 and isinstance(node.func, ast.Attribute)
                 and node.func.attr in FORBIDDEN_CALLS
             ):
-                offences.append(f"{path.relative_to(ROOT)}:{node.lineno}: calls .{node.func.attr}()")
+                offences.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno}: calls .{node.func.attr}()"
+                )
     assert not offences, "\n".join(offences)
 
 

@@ -75,6 +75,8 @@ class ControlLoop:
         self.last_tick_ms = 0.0
         self._refresh_s = {cid: e.watchdog_refresh_s for cid, e in self.evses.items()}
         self._connectors = {c.id: c for c in site.connectors}
+        self._timeouts = {d.id: d.timeout_s for d in site.meters}
+        self._timeouts.update({c.id: c.evse.timeout_s for c in site.connectors})
         self._stop = asyncio.Event()
 
     # -- device calls, each bounded and converted -------------------------------------------
@@ -93,11 +95,10 @@ class ControlLoop:
         return result
 
     def _budget_s(self, device: str) -> float:
-        # The driver bounds each call by its own timeout; this outer bound is the backstop.
-        for spec in [*self.site.meters, *(c.evse for c in self.site.connectors)]:
-            if spec.id == device:
-                return spec.timeout_s * 2 + 0.1
-        return 1.0
+        # The driver bounds each request by its own timeout and a silent device fails on its
+        # first request; this outer bound is only the backstop for a read of several requests
+        # (SDM630: 3) that may also wait behind other devices on a shared RS-485 line.
+        return self._timeouts.get(device, 0.5) * 8 + 0.1
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from controller.core.model import (
     ZERO3,
@@ -37,12 +37,16 @@ from controller.core.site import Connector, Site, Topology
 
 # Limits go out in steps of 0.1 A, rounded down: the finest step common EVSEs accept.
 STEP_A = 0.1
+# An increase smaller than this is not worth a write: without it, meter noise would move every
+# limit up and down by a few tenths each tick. Decreases always go out.
+INCREASE_DEADBAND_A = 1.0
 _EPS = 1e-9
 
 
 def floor_step(current_a: float) -> float:
     """Round down to the 0.1 A grid (never up: a limit must not grow by rounding)."""
-    return math.floor(current_a / STEP_A + 1e-6) * STEP_A
+    # round(.., 1): 217 * 0.1 is 21.700000000000003 in binary; 21.7 is what we mean and write.
+    return round(math.floor(current_a / STEP_A + 1e-6) * STEP_A, 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,10 +159,14 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
     shares = _share(site, topo, active, available)
     for conn in active:
         limit = shares[conn.id]
-        if hold and previous is not None and conn.id in previous.limits:
-            before = previous.limits[conn.id].current_a
-            if limit.current_a > before:
-                limit = ConnectorLimit(connector=conn.id, current_a=before, bound=Bound.METER_HOLD)
+        before = previous.limits[conn.id] if previous and conn.id in previous.limits else None
+        if before is not None and limit.current_a > before.current_a:
+            if hold:
+                limit = ConnectorLimit(
+                    connector=conn.id, current_a=before.current_a, bound=Bound.METER_HOLD
+                )
+            elif before.current_a > 0 and limit.current_a - before.current_a < INCREASE_DEADBAND_A:
+                limit = replace(limit, current_a=before.current_a)
         limits[conn.id] = limit
 
     notes = (f"meter late by {worst_age_s:.1f} s: no increases",) if hold else ()

@@ -521,6 +521,10 @@ def _parse_field(
         problems.add(where, "write_function 6 writes one register; this field has more")
     if access is Access.READ_WRITE and table is Table.INPUT:
         problems.add(where, "input registers cannot be written (use table: holding)")
+    if access is Access.READ_WRITE and _is_int(count) and count > MODBUS_MAX_WRITE_REGISTERS:
+        problems.add(where, f"{count} registers cannot go in one write (FC16 takes 123)")
+    if rtype is RegType.STRING and raw.get("word_order", "big") != "big":
+        problems.add(where, "word_order applies to numbers; text is read in register order")
 
     states = _parse_states(raw.get("states"), rtype, where, problems)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from controller.core.allocation import allocate  # noqa: E402
-from tests.bench.sitegen import generate  # noqa: E402
+from controller.core.allocation import allocate
+from tests.bench.sitegen import generate
 
 
 def bench_allocate(connectors: int, budget_s: float = 3.0) -> dict[str, object]:

@@ -14,7 +14,9 @@ WALL = datetime(2026, 11, 29, 12, 0, tzinfo=ZoneInfo("Europe/Berlin"))
 ROTATIONS = [(0, 1, 2), (1, 2, 0), (2, 0, 1), (0,), (1,), (2,)]
 
 
-def evse(cid: str, circuit: str = "grid", phases: tuple[int, ...] = (0, 1, 2), **kw: float) -> Connector:
+def evse(
+    cid: str, circuit: str = "grid", phases: tuple[int, ...] = (0, 1, 2), **kw: float
+) -> Connector:
     spec = DeviceSpec(
         id=cid, driver="alfen_ng9xx", transport=TcpTransport(host="127.0.0.1"), unit_id=1
     )
@@ -22,14 +24,21 @@ def evse(cid: str, circuit: str = "grid", phases: tuple[int, ...] = (0, 1, 2), *
 
 
 def site(
-    connectors: list[Connector], rating_a: float = 32.0, margin_a: float = 0.0,
+    connectors: list[Connector],
+    rating_a: float = 32.0,
+    margin_a: float = 0.0,
     circuits: list[Circuit] | None = None,
 ) -> Site:
     root = Circuit(id="grid", parent=None, rating_a=rating_a, margin_a=margin_a, meter="m")
     meter = DeviceSpec(id="m", driver="eastron_sdm630", transport=TcpTransport(host="h"), unit_id=1)
     return Site(
-        id="t", name="t", timezone="Europe/Berlin", nominal_voltage_v=230,
-        circuits=(root, *(circuits or [])), meters=(meter,), connectors=tuple(connectors),
+        id="t",
+        name="t",
+        timezone="Europe/Berlin",
+        nominal_voltage_v=230,
+        circuits=(root, *(circuits or [])),
+        meters=(meter,),
+        connectors=tuple(connectors),
     )
 
 
@@ -61,7 +70,9 @@ def sites_and_snapshots(draw: st.DrawFn) -> tuple[Site, Snapshot]:
         parent = draw(st.sampled_from(["grid", *[c.id for c in circuits]]))
         circuits.append(
             Circuit(
-                id=f"b{i}", parent=parent, rating_a=draw(st.floats(6, 125)),
+                id=f"b{i}",
+                parent=parent,
+                rating_a=draw(st.floats(6, 125)),
                 margin_a=draw(st.floats(0, 3)),
                 worst_case_non_ev_a=tuple(draw(st.floats(0, 20)) for _ in range(3)),  # type: ignore[arg-type]
             )
@@ -81,7 +92,9 @@ def sites_and_snapshots(draw: st.DrawFn) -> tuple[Site, Snapshot]:
                 priority_tier=draw(st.integers(0, 2)),
             )
         )
-    s = site(conns, rating_a=draw(st.floats(10, 400)), margin_a=draw(st.floats(0, 5)), circuits=circuits)
+    s = site(
+        conns, rating_a=draw(st.floats(10, 400)), margin_a=draw(st.floats(0, 5)), circuits=circuits
+    )
     now = 1000.0
     states = st.sampled_from(["A", "B", "C", "C", "C", "E", "F"])
     readings = {

@@ -84,7 +84,9 @@ def test_implausible_meter_counts_as_missing() -> None:
     assert bad.current_a("a") <= ok.current_a("a")
 
 
-def _check_i1_i2(s: Site, alloc_limits: dict[str, float], available: dict[str, tuple[float, ...]]) -> None:
+def _check_i1_i2(
+    s: Site, alloc_limits: dict[str, float], available: dict[str, tuple[float, ...]]
+) -> None:
     for node in s.circuits:
         for p in range(3):
             total = sum(
@@ -112,7 +114,8 @@ def test_i4_a_late_meter_never_raises_anything(case: tuple[Site, object]) -> Non
     s, sn = case
     before = allocate(s, sn)  # type: ignore[arg-type]
     late = snap(
-        1004.0, (0.0, 0.0, 0.0),
+        1004.0,
+        (0.0, 0.0, 0.0),
         {k: ("C", (0.0, 0.0, 0.0)) for k in sn.evses},  # type: ignore[attr-defined]
         meter_at_s=1000.0,
     )
@@ -120,3 +123,18 @@ def test_i4_a_late_meter_never_raises_anything(case: tuple[Site, object]) -> Non
     for k in s.connectors:
         if before.limits[k.id].bound is not Bound.NO_VEHICLE:
             assert after.current_a(k.id) <= before.current_a(k.id) + 1e-9
+
+
+def test_small_increases_wait_decreases_go_out_at_once() -> None:
+    s = site([evse("a")], rating_a=32)
+    first = allocate(s, snap(10, (10.0, 10.0, 10.0), {"a": ("C", C3)}))
+    assert first.current_a("a") == 22.0
+    # 0.6 A less building load: not worth a write (meter noise), the limit stays.
+    wobble = allocate(s, snap(11, (9.4, 9.4, 9.4), {"a": ("C", C3)}), first)
+    assert wobble.current_a("a") == 22.0
+    # 0.3 A more load: the limit drops at once.
+    down = allocate(s, snap(12, (10.3, 10.3, 10.3), {"a": ("C", C3)}), wobble)
+    assert down.current_a("a") == 21.7
+    # 2 A less load: a real change goes out.
+    up = allocate(s, snap(13, (8.3, 8.3, 8.3), {"a": ("C", C3)}), down)
+    assert up.current_a("a") == 23.7

@@ -184,7 +184,7 @@ def test_meter_faults_map_to_core_errors() -> None:
             t0 = time.monotonic()
             with pytest.raises(DeviceUnavailable):
                 await meter.read(now_s=1.0)
-            assert time.monotonic() - t0 <= 0.2 * 1.5 + 0.1
+            assert time.monotonic() - t0 <= 0.2 * 1.5 + 0.2  # slack for a busy CI host
             site.fail_meter(silent=False)  # exception 4 (server device failure)
             with pytest.raises(DeviceError):
                 await meter.read(now_s=2.0)

@@ -357,6 +357,14 @@ def test_string_field_rules() -> None:
     assert any("string needs count" in p for p in _problems(base))
     scaled = GOOD_METER + "  - {name: label, address: 10, type: string, count: 2, scale: 2}\n"
     assert any("cannot have a scale" in p for p in _problems(scaled))
+    swapped = GOOD_METER + (
+        "  - {name: label, address: 10, type: string, count: 2, word_order: little}\n"
+    )
+    assert any("word_order applies to numbers" in p for p in _problems(swapped))
+    # a map-wide little word order does not touch its strings
+    inherited = GOOD_METER.replace("defaults: {table: input}", "defaults: {word_order: little}")
+    inherited += "  - {name: label, address: 10, type: string, count: 2}\n"
+    assert parse_map_text(inherited, name="t", source="t.yaml").field("label").count == 2
 
 
 GOOD_EVSE = """
