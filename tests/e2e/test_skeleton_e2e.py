@@ -100,7 +100,12 @@ def test_real_controller_holds_the_grid_and_shares(tmp_path: Path) -> None:
         if conn["state"] == "C":
             assert conn["limit_a"] >= 6.0
 
-    # 5. SIGTERM: exit 0, every EVSE left at its fallback (safe) current.
+    # 5. The EVSE's own watchdog is fed: cp1's 6 s validity time never runs out while the
+    #    controller runs (it would fall back to its safe current).
+    written = [line for line in trace if line["evses"]["cp1"]["setpoint_a"] is not None]
+    assert written and all(line["evses"]["cp1"]["setpoint_in_force"] for line in written)
+
+    # 6. SIGTERM: exit 0, every EVSE left at its fallback (safe) current.
     assert rc == 0
     for evse_id, ev in after_stop["evses"].items():
         assert ev["setpoint_a"] == pytest.approx(6.0), (evse_id, ev)
