@@ -44,7 +44,7 @@ def test_a_file_from_a_newer_evsite_is_refused_untouched(tmp_path: Path) -> None
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(StoreVersionError, match="newer|knows up to"):
+    with pytest.raises(StoreVersionError, match=r"newer|knows up to"):
         Database(path)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
