@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from controller.core.slots import LimitSlot
+
 Triple = tuple[float, float, float]
 ZERO3: Triple = (0.0, 0.0, 0.0)
 
@@ -65,6 +67,19 @@ class EvseReading:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """What the engine needs to know of a charging session at a connector.
+
+    ``priority_tier`` comes from the session's authorisation (an idTag group, an OCPP or MQTT
+    command); without one, the connector's configured tier applies. ``plugged_at_s`` is the
+    monotonic time the vehicle was plugged in.
+    """
+
+    priority_tier: int | None = None
+    plugged_at_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """Everything read in one tick. ``now_s`` is monotonic; ``wall`` is the site's local time."""
 
@@ -74,6 +89,12 @@ class Snapshot:
     evses: Mapping[str, EvseReading | None]
     # The limit last written successfully to each connector's EVSE, None before the first write.
     written_a: Mapping[str, float | None] = field(default_factory=dict)
+    # Connectors whose last write failed (the EVSE may still run on an older limit).
+    write_failed: frozenset[str] = frozenset()
+    # Limit slots from the network, the CLI and demand response (time-of-use comes from Site).
+    slots: tuple[LimitSlot, ...] = ()
+    # Sessions by connector id; a connector without an entry uses its configured tier.
+    sessions: Mapping[str, Session] = field(default_factory=dict)
 
 
 class Bound(StrEnum):

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from controller.core.slots import TouPeriod
+
 PHASES = (0, 1, 2)
 PHASE_NAMES = ("L1", "L2", "L3")
 
@@ -82,6 +84,8 @@ class Connector:
     max_current_a: float = 32.0
     fallback_current_a: float = 6.0
     priority_tier: int = 0
+    # What the EV at this connector draws on: configured, or detected from measurement.
+    ev_kind: EvKind = EvKind.AUTO
 
     @property
     def phase_count(self) -> int:
@@ -112,6 +116,46 @@ class ControlSettings:
     meter_stale_s: float = 3.0
     fallback_after_s: float = 10.0
     evse_stale_s: float = 5.0
+    # A meter whose currents repeat exactly for longer than this is frozen, i.e. stale.
+    meter_frozen_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadManagement:
+    """Tuning of the load-management engine; docs/load-management.md explains each value.
+
+    Defaults are chosen for a 1 s tick and EVs that follow a new limit within about 5 s
+    (IEC 61851-1 lets the EVSE change its PWM at most every 5 s).
+    """
+
+    # Increases: at most ramp_step_a per ramp_period_s, and only after the EV followed.
+    ramp_step_a: float = 6.0
+    ramp_period_s: float = 5.0
+    # "Followed": the EV's highest phase current is within follow_tolerance_a of its limit
+    # (or below it after a decrease). "Settled": followed, or settle_s passed since the change.
+    follow_tolerance_a: float = 1.0
+    settle_s: float = 10.0
+    # An increase smaller than this is not written (meter noise); decreases always are.
+    increase_deadband_a: float = 1.0
+    # Pause/resume: a paused connector resumes only when min + resume_margin_a fits and it has
+    # been paused min_off_s; a running one is not paused by rotation before min_on_s.
+    resume_margin_a: float = 1.0
+    min_on_s: float = 60.0
+    min_off_s: float = 30.0
+    # Within a tier, a connector that has charged rotation_s while another waits yields.
+    rotation_s: float = 900.0
+    # Unused capacity: an EV drawing at least unused_threshold_a below its settled limit for
+    # unused_after_s is capped at its draw + unused_headroom_a; the cap lifts as it ramps up.
+    unused_threshold_a: float = 2.0
+    unused_after_s: float = 20.0
+    unused_headroom_a: float = 1.0
+    # 1-phase detection: a 3-phase connector whose EV draws >= detect_on_a on its L1 and
+    # < detect_off_a on its L2 and L3 for detect_after_s is treated as 1-phase for the session.
+    detect_on_a: float = 2.0
+    detect_off_a: float = 0.5
+    detect_after_s: float = 10.0
+    # Optional limit on the difference between grid phase currents (A), e.g. 20 A (VDE-AR-N 4100).
+    unbalanced_limit_a: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +170,13 @@ class Site:
     meters: tuple[DeviceSpec, ...]
     connectors: tuple[Connector, ...]
     control: ControlSettings = ControlSettings()
+    load_management: LoadManagement = LoadManagement()
+    # The grid meter may show export (PV): negative currents are then plausible, not faults.
+    # ``meter_export_positive``: the meter counts export as positive (sign flipped on read).
+    exports: bool = False
+    meter_export_positive: bool = False
+    # Weekly site power caps in the site's time zone (a limit slot of its own).
+    time_of_use: tuple[TouPeriod, ...] = ()
 
     @property
     def root(self) -> Circuit:
