@@ -18,6 +18,7 @@ import re
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import time
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType, UnionType
 from typing import Annotated, Literal, NoReturn, TypeVar, Union, get_args, get_origin
@@ -34,12 +35,15 @@ from controller.core.site import (
     Connector,
     ControlSettings,
     DeviceSpec,
+    EvKind,
+    LoadManagement,
     SerialTransport,
     Site,
     TcpTransport,
     Transport,
     parse_rotation,
 )
+from controller.core.slots import TouPeriod
 from drivers.modbus.registermap import DeviceKind, load_map_file
 from drivers.registry import EVSE_DRIVERS, GENERIC_EVSE, GENERIC_METER, METER_DRIVERS
 
@@ -70,6 +74,8 @@ KeyPath = tuple[str | int, ...]
 _EPS = 1e-9
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+# YAML 1.1 reads an unquoted 22:00 as the base-60 number 1320; nobody means that in a site file.
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 # Aliases can make a tiny file expand into a huge document ("billion laughs").
 _MAX_NODES = 100_000
 
@@ -312,6 +318,83 @@ def _valid_rotation(value: str) -> str:
     return value
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_HHMM_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+DAY_GROUPS: Mapping[str, frozenset[int]] = MappingProxyType(
+    {
+        "weekdays": frozenset(range(1, 6)),
+        "weekend": frozenset({6, 7}),
+        "daily": frozenset(range(1, 8)),
+    }
+)
+
+
+def _valid_name(value: str) -> str:
+    if not _NAME_RE.fullmatch(value):
+        _fail(
+            "a name is 1 to 64 letters, digits, '_', '-' or '.', starting with a letter or digit;"
+            f" got {value!r}"
+        )
+    return value
+
+
+def _day_number(word: object) -> int:
+    if not isinstance(word, str):
+        _fail(f"expected day names like mon, tue, ...; got {_show(word)} in the list")
+    text = word.strip().lower()
+    if text in DAY_NAMES:
+        return DAY_NAMES.index(text) + 1
+    if text in _FULL_DAY_NAMES:
+        return _FULL_DAY_NAMES.index(text) + 1
+    message = f"unknown day {word!r}; use {', '.join(DAY_NAMES)}"
+    guess = _closest(text, [*DAY_NAMES, *DAY_GROUPS])
+    _fail(f"{message} (did you mean {guess!r}?)" if guess else message)
+
+
+def _days(value: object) -> object:
+    """``weekdays`` / ``weekend`` / ``daily``, one day, or a list of days -> ISO weekdays."""
+    if isinstance(value, str):
+        group = DAY_GROUPS.get(value.strip().lower())
+        return group if group is not None else frozenset({_day_number(value)})
+    if isinstance(value, list):
+        if not value:
+            _fail("no days listed; list days like [mon, tue] or write weekdays, weekend or daily")
+        return frozenset(_day_number(v) for v in value)
+    _fail(
+        "expected a list of days like [mon, tue] or one of 'weekdays', 'weekend', 'daily', "
+        f"got {_show(value)}"
+    )
+
+
+def _valid_start(value: str) -> str:
+    if value == "24:00":
+        _fail("24:00 is only an end (midnight at the end of the day); a start of 00:00 is it")
+    if not _HHMM_RE.fullmatch(value):
+        _fail(f"expected a time as 'HH:MM' (00:00..23:59), got {value!r}{_two_digits(value)}")
+    return value
+
+
+def _valid_end(value: str) -> str:
+    if value != "24:00" and not _HHMM_RE.fullmatch(value):
+        _fail(
+            "expected a time as 'HH:MM' (00:00..23:59, or 24:00 for midnight), "
+            f"got {value!r}{_two_digits(value)}"
+        )
+    return value
+
+
+def _two_digits(value: str) -> str:
+    return f" (write '0{value}')" if _HHMM_RE.fullmatch(f"0{value}") else ""
+
+
+def _clock_time(text: str) -> time:
+    """``"22:00"`` -> 22:00; ``"24:00"`` -> 00:00 (midnight at the end of the day)."""
+    hours, minutes = (int(part) for part in text.split(":"))
+    return time(0) if hours == 24 else time(hours, minutes)
+
+
 def _valid_host(value: str) -> str:
     try:
         ipaddress.ip_address(value)
@@ -389,6 +472,7 @@ def _driver_check(
 
 Id = Annotated[str, AfterValidator(_valid_id)]
 PerPhase = Annotated[tuple[float, float, float], BeforeValidator(_per_phase)]
+Days = Annotated[frozenset[int], BeforeValidator(_days)]
 Options = Annotated[dict[str, object], BeforeValidator(_none_as_empty_mapping)]
 
 
@@ -406,6 +490,8 @@ class _GridModel(BaseModel):
     margin_a: float = Field(default=0.0, ge=0)
     meter: str | None = None
     worst_case_non_ev_a: PerPhase = (0.0, 0.0, 0.0)
+    exports: bool = False
+    meter_export_positive: bool = False
 
 
 class _CircuitModel(BaseModel):
@@ -464,6 +550,7 @@ class _EvseModel(BaseModel):
     max_current_a: float = Field(default=32.0, gt=0)
     fallback_current_a: float = Field(default=6.0, ge=0)
     priority_tier: int = Field(default=0, ge=0)
+    ev_kind: Literal["auto", "1p", "3p"] = "auto"
 
 
 _DeviceModel = _MeterModel | _EvseModel
@@ -475,6 +562,44 @@ class _ControlModel(BaseModel):
     meter_stale_s: float = Field(default=3.0, gt=0)
     fallback_after_s: float = Field(default=10.0, gt=0)
     evse_stale_s: float = Field(default=5.0, gt=0)
+    meter_frozen_s: float = Field(default=ControlSettings().meter_frozen_s, gt=0)
+
+
+# The defaults are the core's own, so the file format and the engine cannot drift apart.
+_LM = LoadManagement()
+
+
+class _LoadManagementModel(BaseModel):
+    """``load_management:``, one key per field of core ``LoadManagement``, same names."""
+
+    model_config = _STRICT
+    ramp_step_a: float = Field(default=_LM.ramp_step_a, gt=0)
+    ramp_period_s: float = Field(default=_LM.ramp_period_s, gt=0)
+    follow_tolerance_a: float = Field(default=_LM.follow_tolerance_a, ge=0)
+    settle_s: float = Field(default=_LM.settle_s, ge=0)
+    increase_deadband_a: float = Field(default=_LM.increase_deadband_a, ge=0)
+    resume_margin_a: float = Field(default=_LM.resume_margin_a, ge=0)
+    min_on_s: float = Field(default=_LM.min_on_s, ge=0)
+    min_off_s: float = Field(default=_LM.min_off_s, ge=0)
+    rotation_s: float = Field(default=_LM.rotation_s, ge=0)
+    unused_threshold_a: float = Field(default=_LM.unused_threshold_a, ge=0)
+    unused_after_s: float = Field(default=_LM.unused_after_s, ge=0)
+    unused_headroom_a: float = Field(default=_LM.unused_headroom_a, ge=0)
+    detect_on_a: float = Field(default=_LM.detect_on_a, ge=0)
+    detect_off_a: float = Field(default=_LM.detect_off_a, ge=0)
+    detect_after_s: float = Field(default=_LM.detect_after_s, ge=0)
+    unbalanced_limit_a: float | None = Field(default=_LM.unbalanced_limit_a, ge=6)
+
+
+class _TimeOfUseModel(BaseModel):
+    """One item of ``time_of_use:``: a site power cap on some days between two clock times."""
+
+    model_config = _STRICT
+    name: Annotated[str, AfterValidator(_valid_name)]
+    days: Days
+    start: Annotated[str, AfterValidator(_valid_start)]
+    end: Annotated[str, AfterValidator(_valid_end)]
+    power_kw: float = Field(gt=0)
 
 
 class _ServiceModel(BaseModel):
@@ -493,6 +618,8 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "meters": _MeterModel,
     "evses": _EvseModel,
     "control": _ControlModel,
+    "load_management": _LoadManagementModel,
+    "time_of_use": _TimeOfUseModel,
     "service": _ServiceModel,
 }
 _REQUIRED_SECTIONS = ("site", "grid")
@@ -501,10 +628,13 @@ _REQUIRED_SECTIONS = ("site", "grid")
 _RANGE_HINTS = {
     "min_current_a": "IEC 61851 allows no charging current below 6 A",
     "nominal_voltage_v": "the phase-to-neutral voltage, e.g. 230",
+    "unbalanced_limit_a": "or null for no limit",
 }
 
 # Fields that hold names: a number there was probably meant as text.
 _NAME_FIELDS = ("id", "name", "parent", "circuit", "meter", "socket_group", "host", "driver")
+# Fields that hold a clock time: a number there was probably meant as 'HH:MM'.
+_TIME_FIELDS = ("start", "end")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -747,6 +877,8 @@ class _Loader:
                 self.lines[child] = line
                 mapping[key] = self.build(loader, value_node, child)
             return mapping
+        if isinstance(node, yaml.ScalarNode) and node.tag in _NUMBER_TAGS and ":" in node.value:
+            return node.value
         if isinstance(node, yaml.SequenceNode):
             items: list[object] = []
             for index, item_node in enumerate(node.value):
@@ -814,6 +946,8 @@ class _Loader:
                     message += " (quoted text; remove the quotes)"
             elif kind == "string_type" and _is_number(value) and field_name in _NAME_FIELDS:
                 message += f" (a number; quote it: '{value}')"
+            elif kind == "string_type" and field_name in _TIME_FIELDS:
+                message += " (write a time as 'HH:MM', e.g. '22:00')"
             self.error(path, message)
         elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
             op, bound = {
@@ -856,10 +990,12 @@ class _Loader:
         site_m = self.section(_SiteModel, "site")
         grid_m = self.section(_GridModel, "grid")
         control_m = self.section(_ControlModel, "control")
+        load_m = self.section(_LoadManagementModel, "load_management")
         service_m = self.section(_ServiceModel, "service")
         circuits = self.items(_CircuitModel, "circuits")
         meters = self.items(_MeterModel, "meters")
         evses = self.items(_EvseModel, "evses")
+        periods = self.items(_TimeOfUseModel, "time_of_use")
         if root.get("evses") in (None, []):
             self.warn(("evses",), "no EVSEs configured; the controller will only read meters")
 
@@ -872,6 +1008,10 @@ class _Loader:
 
         # 3. Rules across fields of one validated item, and across validated items.
         control = self.check_control(control_m)
+        load_management = self.load_management(load_m)
+        time_of_use = self.time_of_use(periods)
+        if grid_m is not None:
+            self.check_grid_export(grid_m)
         self.check_buses([*meters, *evses], control)
         meter_specs = tuple(self.device_spec(path, m) for path, m in meters)
         connectors = [self.connector(path, e) for path, e in evses]
@@ -880,7 +1020,15 @@ class _Loader:
             tree = self.circuit_tree(grid_m, circuits)
             self.check_fallbacks(tree, [k for k in connectors if k.circuit in tree])
 
-        if self.problems or site_m is None or tree is None or service_m is None:
+        if (
+            self.problems
+            or site_m is None
+            or grid_m is None
+            or tree is None
+            or service_m is None
+            or load_management is None
+            or time_of_use is None
+        ):
             return None
         site = Site(
             id=site_m.id,
@@ -891,6 +1039,10 @@ class _Loader:
             meters=meter_specs,
             connectors=tuple(connectors),
             control=control,
+            load_management=load_management,
+            exports=grid_m.exports,
+            meter_export_positive=grid_m.meter_export_positive,
+            time_of_use=time_of_use,
         )
         service = ServiceSettings(
             state_dir=Path(service_m.state_dir),
@@ -1095,12 +1247,86 @@ class _Loader:
                 f"{_n(c.fallback_after_s)} s is shorter than meter_stale_s "
                 f"{_n(c.meter_stale_s)} s; the fallback comes after the meter is stale",
             )
+        if c.meter_frozen_s <= c.tick_s:
+            self.error(
+                ("control", "meter_frozen_s"),
+                f"{_n(c.meter_frozen_s)} s is not longer than tick_s {_n(c.tick_s)} s; two "
+                "readings in a row that agree would already count as a frozen meter",
+            )
         return ControlSettings(
             tick_s=c.tick_s,
             meter_stale_s=c.meter_stale_s,
             fallback_after_s=c.fallback_after_s,
             evse_stale_s=c.evse_stale_s,
+            meter_frozen_s=c.meter_frozen_s,
         )
+
+    def load_management(self, model: _LoadManagementModel | None) -> LoadManagement | None:
+        if model is None:
+            return None
+        if model.detect_off_a >= model.detect_on_a:
+            self.warn(
+                ("load_management", "detect_off_a"),
+                f"{_n(model.detect_off_a)} A is not below detect_on_a "
+                f"{_n(model.detect_on_a)} A; an EV drawing on all three phases may be taken "
+                "for a 1-phase one",
+            )
+        return LoadManagement(**model.model_dump())
+
+    def check_grid_export(self, grid_m: _GridModel) -> None:
+        if grid_m.meter is not None:
+            return
+        for key in ("exports", "meter_export_positive"):
+            if getattr(grid_m, key):
+                self.warn(
+                    (ROOT_CIRCUIT_ID, key),
+                    "ignored: the grid has no meter, so there is no export to see",
+                )
+
+    def time_of_use(
+        self, periods: list[tuple[KeyPath, _TimeOfUseModel]]
+    ) -> tuple[TouPeriod, ...] | None:
+        """The weekly schedule; None when an item is invalid (reported)."""
+        built: list[tuple[KeyPath, TouPeriod]] = []
+        names: dict[str, KeyPath] = {}
+        sound = True
+        for path, t in periods:
+            if t.name in names:
+                sound = False
+                self.error(
+                    (*path, "name"),
+                    f"duplicate time-of-use name {t.name!r}, already used by "
+                    f"{self.where(names[t.name])}",
+                )
+            names.setdefault(t.name, path)
+            if t.start == t.end:
+                sound = False
+                self.error(
+                    (*path, "end"),
+                    f"the period starts and ends at {t.start}; it would last no time (a whole "
+                    "day is start '00:00', end '24:00')",
+                )
+                continue
+            period = TouPeriod(
+                days=t.days,
+                start=_clock_time(t.start),
+                end=_clock_time(t.end),
+                power_w=t.power_kw * 1000.0,
+                name=t.name,
+            )
+            for other_path, other in built:
+                overlap = _first_overlap(other, period)
+                if overlap is not None:
+                    lowest = min(other.power_w, period.power_w) / 1000.0
+                    self.warn(
+                        path,
+                        f"overlaps {other.name!r} at {self.where(other_path)} on {overlap}; where "
+                        f"periods overlap the lowest power_kw applies ({_n(lowest)} kW there)",
+                    )
+            built.append((path, period))
+        if not sound or len(periods) != len(self.raw_list("time_of_use")):
+            return None
+        return tuple(p for _, p in built)
 
     def device_spec(self, path: KeyPath, device: _DeviceModel) -> DeviceSpec:
         t = device.transport
@@ -1200,7 +1426,26 @@ class _Loader:
             max_current_a=e.max_current_a,
             fallback_current_a=fallback,
             priority_tier=e.priority_tier,
+            ev_kind=self.ev_kind(path, e),
         )
+
+    def ev_kind(self, path: KeyPath, e: _EvseModel) -> EvKind:
+        kind = EvKind(e.ev_kind)
+        if len(parse_rotation(e.phase_rotation)) == 3 or kind is EvKind.AUTO:
+            return kind
+        if kind is EvKind.THREE_PHASE:
+            self.error(
+                (*path, "ev_kind"),
+                f"'3p' on a 1-phase EVSE (phase_rotation {e.phase_rotation!r}): every EV "
+                "draws on its one phase; use auto or 1p",
+            )
+        else:
+            self.warn(
+                (*path, "ev_kind"),
+                f"has no effect on a 1-phase EVSE (phase_rotation {e.phase_rotation!r}): "
+                "every EV draws on its one phase",
+            )
+        return kind
 
     def check_buses(
         self, devices: Sequence[tuple[KeyPath, _DeviceModel]], control: ControlSettings
@@ -1352,6 +1597,42 @@ class _BadDocument(Exception):
         super().__init__(problem)
         self.problem = problem
         self.line = line
+
+
+def _week_intervals(period: TouPeriod) -> list[tuple[int, int]]:
+    """The minutes of the week (Monday 00:00 = 0) a period covers, as TouPeriod.covers does."""
+    day_min = 24 * 60
+    start = period.start.hour * 60 + period.start.minute
+    end = period.end.hour * 60 + period.end.minute
+    spans: list[tuple[int, int]] = []
+    for day in sorted(period.days):
+        base = (day - 1) * day_min
+        if end == 0 or start < end:
+            spans.append((base + start, base + (end or day_min)))
+        else:  # over midnight: the morning part belongs to the next day (Sunday -> Monday)
+            spans.append((base + start, base + day_min))
+            next_base = (day % 7) * day_min
+            spans.append((next_base, next_base + end))
+    return spans
+
+
+def _first_overlap(a: TouPeriod, b: TouPeriod) -> str | None:
+    """Where two periods first overlap in the week, as ``"mon 17:00-18:00"``; None if never."""
+    found = [
+        (max(a0, b0), min(a1, b1))
+        for a0, a1 in _week_intervals(a)
+        for b0, b1 in _week_intervals(b)
+        if max(a0, b0) < min(a1, b1)
+    ]
+    if not found:
+        return None
+    begin, end = min(found)
+
+    def clock(minute: int) -> str:
+        minute -= (begin // 1440) * 1440
+        return f"{minute // 60:02d}:{minute % 60:02d}"
+
+    return f"{DAY_NAMES[begin // 1440]} {clock(begin)}-{clock(end)}"
 
 
 def _line(node: yaml.Node) -> int:

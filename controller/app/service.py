@@ -28,6 +28,7 @@ from controller.core.errors import EvsiteError
 from controller.core.model import Allocation, EvseReading, MeterReading, Snapshot
 from controller.core.ports import Evse, Meter
 from controller.core.site import Site
+from controller.core.slots import LimitSlot
 from controller.store.db import Database, StoreError
 
 log = structlog.get_logger("evsite.control")
@@ -56,6 +57,7 @@ class ControlLoop:
         db: Database,
         clock: Callable[[], float],
         on_tick: Callable[[], None] | None = None,
+        slots: Callable[[], tuple[LimitSlot, ...]] | None = None,
     ) -> None:
         self.site = site
         self.meters = dict(meters)
@@ -63,6 +65,7 @@ class ControlLoop:
         self.db = db
         self.clock = clock
         self.on_tick = on_tick
+        self._slots = slots
         self.tz = ZoneInfo(site.timezone)
         self.started_s = clock()
         self.health = {d: DeviceHealth(d) for d in [*self.meters, *self.evses]}
@@ -70,6 +73,7 @@ class ControlLoop:
         self.evse_readings: dict[str, EvseReading | None] = dict.fromkeys(self.evses)
         self.written: dict[str, _Written | None] = dict.fromkeys(self.evses)
         self.allocation: Allocation | None = None
+        self.write_failed: set[str] = set()
         self.status: dict[str, Any] = {}
         self.ticks = 0
         self.last_tick_ms = 0.0
@@ -156,6 +160,8 @@ class ControlLoop:
             meters=self.meter_readings,
             evses=self.evse_readings,
             written_a={c: (w.current_a if w else None) for c, w in self.written.items()},
+            write_failed=frozenset(self.write_failed),
+            slots=self._slots() if self._slots else (),
         )
         previous = self.allocation
         allocation = allocate(self.site, snap, previous)
@@ -208,8 +214,11 @@ class ControlLoop:
             cid, self._budget_s(cid), self._call_true(self.evses[cid].write_limit(current_a))
         )
         if not ok:
-            log.warning("limit_write_failed", connector=cid, limit_a=current_a, reason=reason)
+            if cid not in self.write_failed:
+                log.warning("limit_write_failed", connector=cid, limit_a=current_a, reason=reason)
+            self.write_failed.add(cid)
             return False
+        self.write_failed.discard(cid)
         self.written[cid] = _Written(current_a=current_a, at_s=self.clock())
         if before is None or before.current_a != current_a:
             log.info("limit_applied", connector=cid, limit_a=current_a, reason=reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import time
 from pathlib import Path
 from typing import TextIO
 
@@ -17,6 +18,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from controller.config import (
+    DAY_GROUPS,
+    DAY_NAMES,
     ConfigUnreadable,
     FallbackLoad,
     LoadedConfig,
@@ -28,11 +31,13 @@ from controller.core.site import (
     Circuit,
     Connector,
     DeviceSpec,
+    EvKind,
     SerialTransport,
     Site,
     Transport,
     format_rotation,
 )
+from controller.core.slots import TouPeriod
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -137,6 +142,7 @@ def site_summary(config: LoadedConfig) -> dict[str, object]:
             "max_current_a": k.max_current_a,
             "fallback_current_a": k.fallback_current_a,
             "priority_tier": k.priority_tier,
+            "ev_kind": k.ev_kind.value,
         }
         for k in site.connectors
     ]
@@ -153,7 +159,20 @@ def site_summary(config: LoadedConfig) -> dict[str, object]:
         "circuits": circuits,
         "meters": [_device_summary(m) for m in site.meters],
         "evses": evses,
+        "exports": site.exports,
+        "meter_export_positive": site.meter_export_positive,
         "control": dataclasses.asdict(site.control),
+        "load_management": dataclasses.asdict(site.load_management),
+        "time_of_use": [
+            {
+                "name": t.name,
+                "days": [DAY_NAMES[d - 1] for d in sorted(t.days)],
+                "start": t.start.isoformat("minutes"),
+                "end": _end_text(t),
+                "power_kw": t.power_w / 1000.0,
+            }
+            for t in site.time_of_use
+        ],
         "service": service,
     }
 
@@ -213,7 +232,28 @@ def _connector_label(k: Connector) -> Text:
         f"{_n(k.min_current_a)}..{_n(k.max_current_a)} A, "
         f"fallback {_n(k.fallback_current_a)} A, tier {k.priority_tier}"
     )
+    if k.ev_kind is not EvKind.AUTO:
+        label.append(f", EV {k.ev_kind.value}")
     return label
+
+
+def _days_text(days: frozenset[int]) -> str:
+    for word, group in DAY_GROUPS.items():
+        if days == group:
+            return word
+    return ",".join(DAY_NAMES[d - 1] for d in sorted(days))
+
+
+def _end_text(t: TouPeriod) -> str:
+    """A period's end as written: midnight at the end of the day is 24:00."""
+    return "24:00" if t.end == time(0) else t.end.isoformat("minutes")
+
+
+def _period_text(t: TouPeriod) -> str:
+    return (
+        f"{t.name} {_days_text(t.days)} {t.start.isoformat('minutes')}-{_end_text(t)} "
+        f"{_n(t.power_w / 1000.0)} kW"
+    )
 
 
 def _add_circuit(
@@ -254,10 +294,27 @@ def _print_summary(config: LoadedConfig, out: TextIO) -> None:
     console.print(
         Text(
             f"control: tick {_n(c.tick_s)} s, meter stale after {_n(c.meter_stale_s)} s, "
-            f"fallback after {_n(c.fallback_after_s)} s, EVSE stale after {_n(c.evse_stale_s)} s"
+            f"fallback after {_n(c.fallback_after_s)} s, EVSE stale after {_n(c.evse_stale_s)} s,"
+            f" meter frozen after {_n(c.meter_frozen_s)} s"
         ),
         soft_wrap=True,
     )
+    lm = site.load_management
+    unbalanced = "none" if lm.unbalanced_limit_a is None else f"{_n(lm.unbalanced_limit_a)} A"
+    console.print(
+        Text(
+            f"load management: ramp {_n(lm.ramp_step_a)} A per {_n(lm.ramp_period_s)} s, "
+            f"settle {_n(lm.settle_s)} s, on/off at least {_n(lm.min_on_s)}/{_n(lm.min_off_s)} s,"
+            f" rotation {_n(lm.rotation_s)} s, unbalanced-load limit {unbalanced}"
+        ),
+        soft_wrap=True,
+    )
+    if site.exports:
+        sign = "export positive" if site.meter_export_positive else "import positive"
+        console.print(Text(f"grid: exports (meter counts {sign})"), soft_wrap=True)
+    if site.time_of_use:
+        periods = "; ".join(_period_text(t) for t in site.time_of_use)
+        console.print(Text(f"time of use ({site.timezone}): {periods}"), soft_wrap=True)
     s = config.service
     console.print(
         Text(

@@ -101,30 +101,50 @@ class Bound(StrEnum):
     """What bound a connector's allocation: the reason shown in `evsite status`."""
 
     CIRCUIT = "circuit"  # a circuit node's phase headroom (see ``node`` and ``phase``)
+    SLOT = "slot"  # a limit slot (see ``slot``): OCPP, demand response, time of use, override
+    UNBALANCE = "unbalance"  # the unbalanced-load limit between grid phases
     CONNECTOR_MAX = "connector_max"  # min(EVSE max, cable, configured max)
-    BELOW_MIN = "below_min"  # its share would be under the minimum: paused
+    EV_USES_LESS = "ev_uses_less"  # the EV draws well below its limit: the rest went to others
+    BELOW_MIN = "below_min"  # its minimum does not fit (see node/phase/slot): paused
+    ROTATION = "rotation"  # paused so that another connector of its tier gets a turn
+    MIN_OFF = "min_off"  # paused recently: waits its minimum off time before resuming
+    RAMP = "ramp"  # increasing, at most ramp_step_a per ramp_period_s
+    SETTLING = "settling"  # waits for the EV to follow its last step before increasing
     NO_VEHICLE = "no_vehicle"  # nothing plugged in
     EVSE_FAULT = "evse_fault"  # the EVSE reports E/F or is unknown
     EVSE_OFFLINE = "evse_offline"  # no fresh reading from the EVSE
-    METER_HOLD = "meter_hold"  # meter reading late: no increases
+    WRITE_FAILED = "write_failed"  # the last write failed; counted at its worst case
+    METER_HOLD = "meter_hold"  # meter reading late or implausible: no increases
     FALLBACK = "fallback"  # meter stale past the fallback budget
     STARTUP = "startup"  # before the first fresh reading
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectorLimit:
-    """The decision for one connector: its current limit and what bound it."""
+    """The decision for one connector: its current limit and what bound it.
+
+    ``target_a`` is what fair sharing would give right now; ``current_a`` can be lower while an
+    increase ramps or waits for the EV to settle.
+    """
 
     connector: str
     current_a: float
     bound: Bound
     node: str | None = None
     phase: int | None = None
+    slot: str | None = None
+    target_a: float | None = None
 
     def describe(self) -> str:
-        if self.bound is Bound.CIRCUIT and self.node is not None and self.phase is not None:
-            return f"circuit {self.node} L{self.phase + 1}"
-        return self.bound.value.replace("_", " ")
+        where = ""
+        if self.node is not None and self.phase is not None:
+            where = f"circuit {self.node} L{self.phase + 1}"
+        elif self.slot is not None:
+            where = f"slot {self.slot}"
+        if self.bound is Bound.CIRCUIT or self.bound is Bound.SLOT:
+            return where
+        text = self.bound.value.replace("_", " ")
+        return f"{text} ({where})" if where and self.bound is Bound.BELOW_MIN else text
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,8 +156,8 @@ class NodePhaseState:
     margin_a: float
     measured_a: Triple | None  # the node's meter, None without one (or when stale)
     non_ev_a: Triple  # measured non-EV load, or the configured worst case
-    allocated_a: Triple  # sum of allocations on each phase below this node
-    available_a: Triple  # rating - non-EV - margin, what the EVs may share
+    allocated_a: Triple  # sum of allocations (and reservations) on each phase below this node
+    available_a: Triple  # rating - non-EV - margin: what EVs may use in total
 
     @property
     def headroom_a(self) -> Triple:
@@ -146,13 +166,52 @@ class NodePhaseState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectorMemory:
+    """What the engine remembers of a connector from one tick to the next."""
+
+    limit_a: float  # the limit decided last tick
+    changed_at_s: float  # when that limit last changed
+    step: str = "none"  # direction of the last change: "up", "down" or "none"
+    last_increase_at_s: float | None = None
+    running_since_s: float | None = None  # has had >= its minimum since
+    waiting_since_s: float | None = None  # vehicle present, paused since
+    paused_by_us: bool = False  # paused by the engine (min off time applies)
+    ev_phases: tuple[int, ...] | None = None  # grid phases the EV uses (detected), per session
+    one_phase_since_s: float | None = None
+    underuse_since_s: float | None = None
+    vehicle: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterMemory:
+    """The last meter values and when they last changed (a frozen meter repeats itself)."""
+
+    value: Triple
+    changed_at_s: float
+    good_at_s: float  # time of the last usable reading
+    non_ev_a: Triple | None = None  # the node's non-EV load at that reading (used while late)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineState:
+    connectors: Mapping[str, ConnectorMemory] = field(default_factory=dict)
+    meters: Mapping[str, MeterMemory] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Allocation:
-    """The result of one tick: a limit per connector, the node figures, the mode and why."""
+    """The result of one tick: a limit per connector, the node figures, the mode and why.
+
+    ``state`` is what the next tick needs (pass the whole Allocation back as ``previous``);
+    ``faults`` are the conditions the shell reports (raised on transitions).
+    """
 
     limits: Mapping[str, ConnectorLimit]
     nodes: Mapping[str, NodePhaseState]
-    mode: str  # "normal", "hold", "fallback", "startup"
+    mode: str  # "normal", "hold", "fallback", "startup" (the worst over the nodes)
     notes: tuple[str, ...] = ()
+    faults: tuple[str, ...] = ()
+    state: EngineState = field(default_factory=EngineState)
 
     def current_a(self, connector: str) -> float:
         return self.limits[connector].current_a

@@ -1,7 +1,8 @@
 """Store layer: the one SQLite file of a site, its schema version and its migrations.
 
 Everything that must survive a restart lives here (WAL journal, synchronous=FULL: a limit we
-wrote, a transaction or a payment must not vanish with a power cut). Migrations are a list of
+wrote, a limit slot set from the CLI or the network, a transaction or a payment must not vanish
+with a power cut). Migrations are a list of
 SQL scripts applied in order; ``PRAGMA user_version`` records how far a file has come, so an
 old file is upgraded in place and a file from a newer evsite is refused rather than damaged.
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from controller.core.errors import PermanentError, RetryableError
+from controller.core.slots import LimitSlot, SlotSource
 
 # Append only: never edit a migration that has shipped.
 MIGRATIONS: Sequence[str] = (
@@ -30,6 +33,23 @@ MIGRATIONS: Sequence[str] = (
         kind        TEXT NOT NULL,         -- snake_case fact, e.g. mode_changed
         subject     TEXT NOT NULL,         -- site, connector or device id
         detail      TEXT NOT NULL          -- JSON
+    );
+    """,
+    # 2: limit slots from the CLI and the network, kept across restarts
+    """
+    CREATE TABLE limit_slots (
+        source      TEXT NOT NULL,         -- SlotSource value: override, cloud, ocpp, ...
+        id          TEXT NOT NULL,         -- unique within its source
+        scope       TEXT NOT NULL,         -- site, circuit:<id> or connector:<id>
+        current_a   REAL,                  -- per phase; exactly one of current_a and power_w
+        power_w     REAL,
+        starts_at   TEXT,                  -- ISO 8601 with offset; NULL: open-ended
+        ends_at     TEXT,
+        floor_w     REAL,
+        note        TEXT NOT NULL DEFAULT '',
+        created_at  TEXT NOT NULL,         -- ISO 8601 with offset
+        PRIMARY KEY (source, id),
+        CHECK ((current_a IS NULL) <> (power_w IS NULL))
     );
     """,
 )
@@ -122,5 +142,108 @@ class Database:
         ).fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
+    # -- limit slots ---------------------------------------------------------------------------
+
+    def save_slot(self, slot: LimitSlot, created_at: str) -> None:
+        """Insert or replace the slot with the same (source, id)."""
+        try:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO limit_slots(source, id, scope, current_a, power_w, "
+                "starts_at, ends_at, floor_w, note, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    slot.source.value,
+                    slot.id,
+                    slot.scope,
+                    slot.current_a,
+                    slot.power_w,
+                    _iso(slot.starts_at),
+                    _iso(slot.ends_at),
+                    slot.floor_w,
+                    slot.note,
+                    created_at,
+                ),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record limit slot {slot.key}: {exc}") from exc
+
+    def delete_slot(self, source: SlotSource, slot_id: str) -> bool:
+        """Remove one slot; False when there was none."""
+        try:
+            cursor = self._conn.execute(
+                "DELETE FROM limit_slots WHERE source = ? AND id = ?", (source.value, slot_id)
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot delete limit slot {source.value}:{slot_id}: {exc}") from exc
+        return cursor.rowcount > 0
+
+    def load_slots(self) -> list[LimitSlot]:
+        """Every stored slot, oldest first, with aware datetimes."""
+        rows = self._conn.execute(
+            "SELECT source, id, scope, current_a, power_w, starts_at, ends_at, floor_w, note "
+            "FROM limit_slots ORDER BY created_at, source, id"
+        ).fetchall()
+        slots = []
+        for source, slot_id, scope, current_a, power_w, starts_at, ends_at, floor_w, note in rows:
+            try:
+                slots.append(
+                    LimitSlot(
+                        id=slot_id,
+                        source=SlotSource(source),
+                        scope=scope,
+                        current_a=current_a,
+                        power_w=power_w,
+                        starts_at=_parse(starts_at),
+                        ends_at=_parse(ends_at),
+                        floor_w=floor_w,
+                        note=note,
+                    )
+                )
+            except ValueError as exc:
+                raise StoreError(
+                    f"{self.path}: limit slot {source}:{slot_id} is unreadable: {exc}"
+                ) from exc
+        return slots
+
+    def purge_expired(self, now: datetime) -> int:
+        """Delete the slots whose end is at or before ``now`` (aware); returns how many."""
+        # Offsets differ between rows, so the comparison is on parsed datetimes, not on text.
+        rows = self._conn.execute(
+            "SELECT source, id, ends_at FROM limit_slots WHERE ends_at IS NOT NULL"
+        ).fetchall()
+        expired = []
+        for source, slot_id, ends_at in rows:
+            end = _parse(ends_at)
+            if end is not None and end <= now:
+                expired.append((source, slot_id))
+        if not expired:
+            return 0
+        try:
+            self._conn.execute("BEGIN")
+            self._conn.executemany("DELETE FROM limit_slots WHERE source = ? AND id = ?", expired)
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise StoreError(f"cannot purge expired limit slots: {exc}") from exc
+        return len(expired)
+
     def close(self) -> None:
         self._conn.close()
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"a stored time must carry its UTC offset, not {value!r}")
+    return value.isoformat()
+
+
+def _parse(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"stored time {text!r} has no UTC offset")
+    return value

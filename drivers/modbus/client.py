@@ -159,17 +159,26 @@ class ModbusClient:
     async def read_registers(
         self, table: Table | str, address: int, count: int, unit_id: int
     ) -> list[int]:
-        """Read ``count`` registers (FC03 holding / FC04 input) starting at ``address``."""
+        """Read ``count`` registers (FC03 holding / FC04 input) starting at ``address``.
+
+        For the coil table (FC01) ``count`` is in coils and each comes back as 0 or 1.
+        """
         table = Table(table)
         what = f"read {table.value} {address}+{count}"
 
         async def call(client: Any) -> Any:
             if table is Table.HOLDING:
                 return await client.read_holding_registers(address, count=count, device_id=unit_id)
+            if table is Table.COIL:
+                return await client.read_coils(address, count=count, device_id=unit_id)
             return await client.read_input_registers(address, count=count, device_id=unit_id)
 
         response = await self._transact(what, unit_id, call)
-        registers = list(response.registers)
+        if table is Table.COIL:
+            # a coil response carries whole bytes: the bits past ``count`` are padding
+            registers = [1 if b else 0 for b in list(response.bits)[:count]]
+        else:
+            registers = list(response.registers)
         if len(registers) != count:
             raise DeviceUnavailable(
                 f"{self.describe()} unit {unit_id}: {what} answered {len(registers)} registers"
@@ -197,6 +206,19 @@ class ModbusClient:
 
         async def call(client: Any) -> Any:
             return await client.write_register(address, value, device_id=unit_id)
+
+        response = await self._transact(what, unit_id, call)
+        if response.address != address:
+            raise DeviceUnavailable(
+                f"{self.describe()} unit {unit_id}: {what} echoed {response.address}"
+            )
+
+    async def write_coil(self, address: int, value: bool, unit_id: int) -> None:
+        """Switch one coil with FC05."""
+        what = f"write coil {address}"
+
+        async def call(client: Any) -> Any:
+            return await client.write_coil(address, value, device_id=unit_id)
 
         response = await self._transact(what, unit_id, call)
         if response.address != address:

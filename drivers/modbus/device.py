@@ -11,21 +11,59 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from controller.core.errors import ConfigError, DeviceError, DeviceUnavailable
-from controller.core.site import DeviceSpec
+from controller.core.site import DeviceSpec, SerialTransport, TcpTransport
 from drivers.modbus.bus import BusPool
 from drivers.modbus.client import ModbusClient
 from drivers.modbus.registermap import (
     DeviceKind,
     Field,
+    LinkKind,
     ReadBlock,
     RegisterMap,
+    RegType,
+    Table,
     Value,
+    apply_scale_factors,
     decode_block,
     encode_value,
     load_builtin_map,
 )
 
 _ARTICLED = {DeviceKind.METER: "a meter", DeviceKind.EVSE: "an EVSE"}
+
+
+def check_link(spec: DeviceSpec, rmap: RegisterMap) -> None:
+    """ConfigError when ``spec`` reaches the device over a link the model does not have.
+
+    A serial (RS-485) model may sit behind a gateway: RTU over TCP, or Modbus TCP when the
+    gateway converts. A TCP-only model cannot be on a serial line.
+    """
+    serial_framing = isinstance(spec.transport, SerialTransport) or (
+        isinstance(spec.transport, TcpTransport) and spec.transport.rtu_over_tcp
+    )
+    if serial_framing and LinkKind.SERIAL not in rmap.link.transports:
+        raise ConfigError(
+            [
+                f"device {spec.id}: {rmap.model} has no serial (RTU) link; "
+                f"it is reached over Modbus TCP ({spec.transport.describe()} given)"
+            ]
+        )
+
+
+def based_map(spec: DeviceSpec, rmap: RegisterMap) -> RegisterMap:
+    """The map at this device's base address when the map's addresses are relative to one."""
+    base = rmap.address_base
+    if base is None or base.option is None:
+        return rmap
+    raw = spec.options.get(base.option, base.default)
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise ConfigError(
+            [f"device {spec.id}: option {base.option} = {raw!r} must be an integer >= 0"]
+        )
+    try:
+        return rmap.moved(raw * base.step)
+    except ValueError as exc:
+        raise ConfigError([f"device {spec.id}: {exc}"]) from exc
 
 
 def number_option(spec: DeviceSpec, key: str, default: float | None) -> float | None:
@@ -62,6 +100,8 @@ class RegisterMapDevice:
             )
         if not 0 <= spec.unit_id <= 255:
             raise ConfigError([f"device {spec.id}: unit id {spec.unit_id} is not 0..255"])
+        check_link(spec, rmap)
+        rmap = based_map(spec, rmap)
         gap_s = number_option(spec, "inter_frame_gap_s", None)
         self._spec = spec
         self._map = rmap
@@ -105,7 +145,11 @@ class RegisterMapDevice:
 
     async def read_fields(self, fields: Iterable[Field] | None = None) -> dict[str, Value]:
         """Read ``fields`` (default: the polled ones) in as few requests as the map allows."""
-        plan = self._plan if fields is None else self._map.plan(fields)
+        if fields is None:
+            plan, wanted = self._plan, self._map.polled
+        else:
+            wanted = self._map.with_scale_fields(fields)
+            plan = self._map.plan(wanted)
         values: dict[str, Value] = {}
         for block in plan:
             registers = await self._client.read_registers(
@@ -115,6 +159,7 @@ class RegisterMapDevice:
                 values.update(decode_block(block, registers))
             except ValueError as exc:
                 raise DeviceUnavailable(f"device {self.name}: {exc}") from exc
+        values = apply_scale_factors(wanted, values)
         if fields is None:
             self._last_values = MappingProxyType(dict(values))
         return values
@@ -131,10 +176,17 @@ class RegisterMapDevice:
                 f"device {self.name}: field {name!r} is read-only in {self._map.source}"
             )
         words = encode_value(field, value)
-        if field.write_function == 6:
+        if field.table is Table.COIL and field.type is RegType.BOOL:
+            await self._client.write_coil(field.address, bool(words[0]), self._spec.unit_id)
+        elif field.write_function == 6:
             await self._client.write_register(field.address, words[0], self._spec.unit_id)
         else:
             await self._client.write_registers(field.address, words, self._spec.unit_id)
+
+    def _rebase(self, rmap: RegisterMap) -> None:
+        """Switch to ``rmap`` (the same model at the base address found on the device)."""
+        self._map = rmap
+        self._plan = rmap.plan()
 
     async def close(self) -> None:
         if self._closed:

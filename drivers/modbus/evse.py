@@ -1,8 +1,10 @@
 """Drivers layer: an EVSE controller driven by its register map (implements core ``Evse``).
 
 Everything model-specific is in the map's ``evse:`` section: the setpoint field and its pause
-value, where the fallback (safe) current lives and whether evsite may programme it, and the
-watchdog (timeout, where it comes from, what fraction of it to refresh at). For example the
+value (or an enable switch), where the fallback (safe) current lives and whether evsite may
+programme it, the watchdog (timeout, where it comes from, what fraction of it to refresh at,
+and the alive register it is fed through, if any), constants written once at start, and the
+state: one field's values, or rules over several fields. For example the
 Alfen map says: setpoint HR 1210 float32 in one FC16, safe current HR 1212 configured on the
 station (read back, compared, never written), validity time from ``options.validity_time_s``
 (default 60 s), refresh at a third of it.
@@ -74,15 +76,28 @@ class RegisterMapEvse(RegisterMapDevice):
         wd = self._evse.watchdog
         if wd is not None and wd.timeout_field is not None and self._watchdog_timeout_s:
             await self.write_field(wd.timeout_field, self._watchdog_timeout_s)
+            back = number({"t": await self.read_field(wd.timeout_field)}, "t")
+            resolution_s = abs(self.register_map.field(wd.timeout_field).scale)
+            if back is None or not abs(back - self._watchdog_timeout_s) <= resolution_s:
+                warnings.append(
+                    f"{self.name}: the watchdog timeout reads back as {back} s, "
+                    f"not the {self._watchdog_timeout_s:g} s written"
+                )
         fb = self._evse.fallback
-        if fb is None:
+        if fb is None or fb.field is None:
             warnings.append(
                 f"{self.name}: the model has no fallback current register; "
                 f"it cannot be set to {fallback_current_a:g} A"
             )
         elif fb.programme:
             await self.write_field(fb.field, fallback_current_a)
-            self.device_fallback_current_a = fallback_current_a
+            device_a = number({fb.field: await self.read_field(fb.field)}, fb.field)
+            self.device_fallback_current_a = device_a
+            if device_a is None or not abs(device_a - fallback_current_a) <= fb.tolerance_a:
+                warnings.append(
+                    f"{self.name}: the fallback current ({fb.field}) reads back as {device_a} A, "
+                    f"not the {fallback_current_a:g} A written"
+                )
         else:
             device_a = number({fb.field: await self.read_field(fb.field)}, fb.field)
             self.device_fallback_current_a = device_a
@@ -102,8 +117,7 @@ class RegisterMapEvse(RegisterMapDevice):
 
     async def read(self, now_s: float) -> EvseReading:
         values = await self.read_fields()
-        state_field = self.register_map.field("state")
-        letter = state_field.state_letter(values["state"])
+        letter = self._evse.state_letter(values, self.register_map.get("state"))
         state = EvseState(letter) if letter is not None else EvseState.UNKNOWN
         currents = [number(values, f"current_l{i}_a") for i in (1, 2, 3)]
         return EvseReading(
@@ -124,4 +138,26 @@ class RegisterMapEvse(RegisterMapDevice):
         if not math.isfinite(current_a) or current_a < 0:
             raise ValueError(f"{self.name}: limit {current_a!r} A is not a finite number >= 0")
         sp = self._evse.setpoint
-        await self.write_field(sp.field, sp.pause_value if current_a == 0 else current_a)
+        enable = self._evse.enable
+        if enable is None:
+            await self.write_field(sp.field, sp.pause_value if current_a == 0 else current_a)
+        elif current_a == 0:
+            await self.write_field(enable.field, enable.off_value)
+        else:
+            await self.write_field(sp.field, current_a)
+            await self.write_field(enable.field, enable.on_value)
+        await self.feed_watchdog()
+
+    async def feed_watchdog(self) -> None:
+        """Write the model's alive / life-bit register, if its watchdog has one.
+
+        Skipped when the last poll read a value the map lists as "not watched" (a Schneider
+        life bit reading 2). Rewriting the limit feeds the other models.
+        """
+        wd = self._evse.watchdog
+        if wd is None or wd.feed is None:
+            return
+        last = self.last_values.get(wd.feed.field)
+        if isinstance(last, int) and last in wd.feed.skip_when_read:
+            return
+        await self.write_field(wd.feed.field, wd.feed.value)

@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 
 from hypothesis import strategies as st
 
-from controller.core.model import EvseReading, EvseState, MeterReading, Snapshot
+from controller.core.allocation import allocate
+from controller.core.model import Allocation, EvseReading, EvseState, MeterReading, Snapshot
 from controller.core.site import Circuit, Connector, DeviceSpec, Site, TcpTransport
 
 WALL = datetime(2026, 11, 29, 12, 0, tzinfo=ZoneInfo("Europe/Berlin"))
@@ -104,3 +105,33 @@ def sites_and_snapshots(draw: st.DrawFn) -> tuple[Site, Snapshot]:
     }
     meter = tuple(draw(st.floats(0, 2 * s.root.rating_a)) for _ in range(3))
     return s, snap(now, meter, readings)  # type: ignore[arg-type]
+
+
+def settle(
+    s: Site,
+    *,
+    building_a: tuple[float, float, float],
+    vehicles: str,
+    ticks: int = 60,
+    start_s: float = 40.0,
+) -> Allocation:
+    """Run the engine tick by tick with EVs that follow their limits at once (3-phase EVs
+    drawing their limit on every wired phase); returns the last allocation at t = start + ticks."""
+    prev: Allocation | None = None
+    by_id = {k.id: k for k in s.connectors}
+    for t in range(ticks):
+        now = start_s + t
+        draws: dict[str, tuple[float, float, float]] = {}
+        # A real meter never repeats itself exactly (a frozen one does, and counts as stale).
+        jitter = -0.01 * (t % 2)
+        meter = [b + jitter for b in building_a]
+        for cid in vehicles:
+            limit = prev.current_a(cid) if prev else 0.0
+            own = tuple(limit if i < by_id[cid].phase_count else 0.0 for i in range(3))
+            draws[cid] = own  # type: ignore[assignment]
+            for i, g in enumerate(by_id[cid].grid_phases):
+                meter[g] += own[i]
+        evses = {cid: ("C", draws[cid]) for cid in vehicles}
+        prev = allocate(s, snap(now, (meter[0], meter[1], meter[2]), evses), prev)
+    assert prev is not None
+    return prev
