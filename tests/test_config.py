@@ -7,10 +7,13 @@ the words a technician reads.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import json
 import shutil
+from datetime import datetime, time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -27,7 +30,14 @@ from controller.config import (
     load_config_text,
 )
 from controller.core.errors import ConfigError
-from controller.core.site import SerialTransport, TcpTransport
+from controller.core.site import (
+    ControlSettings,
+    EvKind,
+    LoadManagement,
+    SerialTransport,
+    TcpTransport,
+)
+from controller.core.slots import TouPeriod, time_of_use_slot
 from drivers.registry import EVSE_DRIVERS, METER_DRIVERS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1205,6 +1215,383 @@ def test_core_never_imports_the_config_module() -> None:
                 )
             elif isinstance(node, ast.Import):
                 assert all(a.name != "controller.config" for a in node.names), module
+
+
+# --- load management, export, ev_kind, time of use -----------------------------------------
+
+
+def test_new_keys_default_to_the_core_defaults(tmp_path: Path) -> None:
+    site = loaded(tmp_path, BASE).site
+    assert site.load_management == LoadManagement()
+    assert site.exports is False and site.meter_export_positive is False
+    assert site.control.meter_frozen_s == ControlSettings().meter_frozen_s
+    assert all(k.ev_kind is EvKind.AUTO for k in site.connectors)
+    assert site.time_of_use == ()
+
+
+def test_load_management_maps_one_to_one_onto_the_core() -> None:
+    from controller.config import _LoadManagementModel
+
+    core_fields = [f.name for f in dataclasses.fields(LoadManagement)]
+    assert list(_LoadManagementModel.model_fields) == core_fields
+    assert _LoadManagementModel().model_dump() == dataclasses.asdict(LoadManagement())
+
+
+def test_load_management_every_key(tmp_path: Path) -> None:
+    values = {
+        "ramp_step_a": 4,
+        "ramp_period_s": 3,
+        "follow_tolerance_a": 1.5,
+        "settle_s": 12,
+        "increase_deadband_a": 0.5,
+        "resume_margin_a": 2,
+        "min_on_s": 120,
+        "min_off_s": 0,
+        "rotation_s": 1800,
+        "unused_threshold_a": 3,
+        "unused_after_s": 30,
+        "unused_headroom_a": 0,
+        "detect_on_a": 3,
+        "detect_off_a": 1,
+        "detect_after_s": 15,
+        "unbalanced_limit_a": 20,
+    }
+    body = "".join(f"  {k}: {v}\n" for k, v in values.items())
+    config = loaded(tmp_path, f"{BASE}load_management:\n{body}")
+    assert config.site.load_management == LoadManagement(**{k: float(v) for k, v in values.items()})
+    assert config.warnings == ()
+    empty = loaded(tmp_path, f"{BASE}load_management:\n")
+    assert empty.site.load_management == LoadManagement()
+    null_limit = loaded(tmp_path, f"{BASE}load_management: {{unbalanced_limit_a: null}}\n")
+    assert null_limit.site.load_management.unbalanced_limit_a is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "message"),
+    [
+        ("ramp_step_a: 0", "ramp_step_a", "must be > 0, got 0"),
+        ("ramp_period_s: 0", "ramp_period_s", "must be > 0, got 0"),
+        ("follow_tolerance_a: -1", "follow_tolerance_a", "must be >= 0, got -1"),
+        ("settle_s: -0.5", "settle_s", "must be >= 0, got -0.5"),
+        ("increase_deadband_a: -1", "increase_deadband_a", "must be >= 0"),
+        ("resume_margin_a: -1", "resume_margin_a", "must be >= 0"),
+        ("min_on_s: -1", "min_on_s", "must be >= 0"),
+        ("min_off_s: -1", "min_off_s", "must be >= 0"),
+        ("rotation_s: -1", "rotation_s", "must be >= 0"),
+        ("unused_threshold_a: -1", "unused_threshold_a", "must be >= 0"),
+        ("unused_after_s: -1", "unused_after_s", "must be >= 0"),
+        ("unused_headroom_a: -1", "unused_headroom_a", "must be >= 0"),
+        ("detect_on_a: -1", "detect_on_a", "must be >= 0"),
+        ("detect_off_a: -1", "detect_off_a", "must be >= 0"),
+        ("detect_after_s: -1", "detect_after_s", "must be >= 0"),
+        (
+            "unbalanced_limit_a: 5",
+            "unbalanced_limit_a",
+            "must be >= 6, got 5 (or null for no limit)",
+        ),
+        ("unbalanced_limit_a: '20'", "unbalanced_limit_a", "(quoted text; remove the quotes)"),
+        ("ramp_step_a: .inf", "ramp_step_a", "must be a finite number, got inf"),
+        ("ramp_stepa: 4", "ramp_stepa", "unknown key 'ramp_stepa'; did you mean 'ramp_step_a'?"),
+    ],
+)
+def test_load_management_ranges(tmp_path: Path, entry: str, key: str, message: str) -> None:
+    text = f"{BASE}load_management:\n  {entry}\n"
+    expect(tmp_path, text, line_of(text, entry), f"load_management.{key}", message)
+
+
+def test_load_management_not_a_mapping(tmp_path: Path) -> None:
+    text = f"{BASE}load_management: [1]\n"
+    expect(tmp_path, text, line_of(text, "load_management"), "load_management", "a mapping")
+
+
+def test_detect_thresholds_the_wrong_way_round_warn(tmp_path: Path) -> None:
+    text = f"{BASE}load_management: {{detect_on_a: 1, detect_off_a: 1}}\n"
+    (warning,) = loaded(tmp_path, text).warnings
+    assert warning.endswith(
+        "load_management.detect_off_a: 1 A is not below detect_on_a 1 A; an EV drawing on all "
+        "three phases may be taken for a 1-phase one"
+    )
+
+
+def test_grid_export_flags(tmp_path: Path) -> None:
+    text = edit(
+        "worst_case_non_ev_a: 20}",
+        "worst_case_non_ev_a: 20, exports: true,\n       meter_export_positive: true}",
+    )
+    site = loaded(tmp_path, text).site
+    assert site.exports is True and site.meter_export_positive is True
+    text = edit("worst_case_non_ev_a: 20}", "worst_case_non_ev_a: 20, exports: 1}")
+    expect(tmp_path, text, 2, "grid.exports", "expected true or false, got 1")
+    text = edit("worst_case_non_ev_a: 20}", "worst_case_non_ev_a: 20, exports: 'no'}")
+    expect(tmp_path, text, 2, "grid.exports", "expected true or false, got 'no'")
+
+
+def test_grid_export_flags_without_a_grid_meter_warn(tmp_path: Path) -> None:
+    text = edit(
+        "grid: {rating_a: 63, margin_a: 2, meter: grid_meter, worst_case_non_ev_a: 20}",
+        "grid: {rating_a: 63, margin_a: 2, worst_case_non_ev_a: 20, exports: true,\n"
+        "       meter_export_positive: true}",
+    )
+    warnings = [w for w in loaded(tmp_path, text).warnings if "grid." in w]
+    assert [w.split(": ", 1)[1] for w in warnings] == [
+        "grid.exports: ignored: the grid has no meter, so there is no export to see",
+        "grid.meter_export_positive: ignored: the grid has no meter, so there is no export to see",
+    ]
+
+
+def test_meter_frozen_s(tmp_path: Path) -> None:
+    text = edit("evse_stale_s: 5}", "evse_stale_s: 5, meter_frozen_s: 20}")
+    assert loaded(tmp_path, text).site.control.meter_frozen_s == 20
+    for value in ("1", "0.5"):
+        text = edit("evse_stale_s: 5}", f"evse_stale_s: 5, meter_frozen_s: {value}}}")
+        expect(
+            tmp_path,
+            text,
+            line_of(text, "control:"),
+            "control.meter_frozen_s",
+            f"{value} s is not longer than tick_s 1 s; two readings in a row that agree would "
+            "already count as a frozen meter",
+        )
+    text = edit("evse_stale_s: 5}", "evse_stale_s: 5, meter_frozen_s: 0}")
+    expect(tmp_path, text, line_of(text, "control:"), "control.meter_frozen_s", "must be > 0")
+
+
+def test_ev_kind(tmp_path: Path) -> None:
+    text = edit("    priority_tier: 1\n", "    priority_tier: 1\n    ev_kind: 1p\n")
+    config = loaded(tmp_path, text)
+    assert config.site.connectors[0].ev_kind is EvKind.ONE_PHASE and config.warnings == ()
+    text = edit("    priority_tier: 1\n", "    priority_tier: 1\n    ev_kind: 3p\n")
+    assert loaded(tmp_path, text).site.connectors[0].ev_kind is EvKind.THREE_PHASE
+    text = edit("    priority_tier: 1\n", "    priority_tier: 1\n    ev_kind: auto\n")
+    assert loaded(tmp_path, text).site.connectors[0].ev_kind is EvKind.AUTO
+
+
+def test_ev_kind_invalid(tmp_path: Path) -> None:
+    text = edit("    priority_tier: 1\n", "    priority_tier: 1\n    ev_kind: 2p\n")
+    expect(
+        tmp_path,
+        text,
+        line_of(text, "ev_kind"),
+        "evses[0].ev_kind",
+        "must be 'auto', '1p' or '3p', got '2p'",
+    )
+    # cp2 is a 1-phase EVSE (phase_rotation L2)
+    text = edit("    phase_rotation: L2\n", "    phase_rotation: L2\n    ev_kind: 3p\n")
+    expect(
+        tmp_path,
+        text,
+        line_of(text, "ev_kind"),
+        "evses[1].ev_kind",
+        "'3p' on a 1-phase EVSE (phase_rotation 'L2'): every EV draws on its one phase; use auto "
+        "or 1p",
+    )
+
+
+def test_ev_kind_1p_on_a_1_phase_evse_warns(tmp_path: Path) -> None:
+    text = edit("    phase_rotation: L2\n", "    phase_rotation: L2\n    ev_kind: 1p\n")
+    config = loaded(tmp_path, text)
+    assert config.site.connectors[1].ev_kind is EvKind.ONE_PHASE
+    (warning,) = config.warnings
+    assert warning == (
+        f"{tmp_path / 'site.yaml'}:{line_of(text, 'ev_kind')}: evses[1].ev_kind: has no effect on "
+        "a 1-phase EVSE (phase_rotation 'L2'): every EV draws on its one phase"
+    )
+
+
+TOU = """\
+time_of_use:
+  - {name: peak, days: weekdays, start: 17:00, end: 20:00, power_kw: 11}
+  - name: weekend-night
+    days: [sat, sun]
+    start: "22:00"
+    end: "06:00"
+    power_kw: 22.5
+  - {name: whole-wednesday, days: [Wednesday], start: "00:00", end: "24:00", power_kw: 40}
+  - {name: sunday-evening, days: sun, start: "18:00", end: "24:00", power_kw: 30}
+"""
+
+
+def test_time_of_use(tmp_path: Path) -> None:
+    config = loaded(tmp_path, BASE + TOU)
+    peak, night, wednesday, sunday = config.site.time_of_use
+    assert peak == TouPeriod(
+        days=frozenset({1, 2, 3, 4, 5}), start=time(17), end=time(20), power_w=11000, name="peak"
+    )
+    assert night == TouPeriod(
+        days=frozenset({6, 7}), start=time(22), end=time(6), power_w=22500, name="weekend-night"
+    )
+    assert wednesday.days == frozenset({3}) and wednesday.end == time(0)
+    assert sunday.days == frozenset({7}) and sunday.end == time(0)
+    # The core reads them as written: Monday 05:00 is still Sunday's night.
+    berlin = ZoneInfo("Europe/Berlin")
+    monday_5am = datetime(2026, 11, 30, 5, 0, tzinfo=berlin)
+    slot = time_of_use_slot(config.site.time_of_use, monday_5am)
+    assert slot is not None and slot.id == "weekend-night" and slot.power_w == 22500
+    wednesday_late = datetime(2026, 12, 2, 23, 59, tzinfo=berlin)
+    slot = time_of_use_slot(config.site.time_of_use, wednesday_late)
+    assert slot is not None and slot.id == "whole-wednesday"
+    # Sunday 18:00-22:00 only sunday-evening; from 22:00 the lower night cap (22.5 kW) wins.
+    sunday_23h = datetime(2026, 11, 29, 23, 0, tzinfo=berlin)
+    slot = time_of_use_slot(config.site.time_of_use, sunday_23h)
+    assert slot is not None and slot.power_w == 22500
+    assert [w.split(": ", 1)[1] for w in config.warnings] == [
+        "time_of_use[2]: overlaps 'peak' at time_of_use[0] (line "
+        f"{line_of(BASE + TOU, 'name: peak')}) on wed 17:00-20:00; where periods overlap the "
+        "lowest power_kw applies (11 kW there)",
+        "time_of_use[3]: overlaps 'weekend-night' at time_of_use[1] (line "
+        f"{line_of(BASE + TOU, 'name: weekend-night')}) on sun 22:00-24:00; where periods "
+        "overlap the lowest power_kw applies (22.5 kW there)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [
+        ("weekdays", {1, 2, 3, 4, 5}),
+        ("weekend", {6, 7}),
+        ("daily", {1, 2, 3, 4, 5, 6, 7}),
+        ("Daily", {1, 2, 3, 4, 5, 6, 7}),
+        ("fri", {5}),
+        ("[mon, wed, mon]", {1, 3}),
+        ("[Monday, SUN]", {1, 7}),
+    ],
+)
+def test_time_of_use_days(tmp_path: Path, days: str, expected: set[int]) -> None:
+    item = f"{{name: p, days: {days}, start: '08:00', end: '09:00', power_kw: 5}}"
+    text = f"{BASE}time_of_use:\n  - {item}\n"
+    (period,) = loaded(tmp_path, text).site.time_of_use
+    assert period.days == frozenset(expected)
+
+
+@pytest.mark.parametrize(
+    ("item", "key", "message"),
+    [
+        (
+            "days: [mnd]",
+            "days",
+            "unknown day 'mnd'; use mon, tue, wed, thu, fri, sat, sun (did you mean 'mon'?)",
+        ),
+        (
+            "days: weekdys",
+            "days",
+            "unknown day 'weekdys'; use mon, tue, wed, thu, fri, sat, sun "
+            "(did you mean 'weekdays'?)",
+        ),
+        (
+            "days: []",
+            "days",
+            "no days listed; list days like [mon, tue] or write weekdays, weekend or daily",
+        ),
+        (
+            "days: 3",
+            "days",
+            "expected a list of days like [mon, tue] or one of 'weekdays', "
+            "'weekend', 'daily', got 3",
+        ),
+        ("days: [1]", "days", "expected day names like mon, tue, ...; got 1 in the list"),
+        ("start: 25:00", "start", "expected a time as 'HH:MM' (00:00..23:59), got '25:00'"),
+        (
+            "start: 7:00",
+            "start",
+            "expected a time as 'HH:MM' (00:00..23:59), got '7:00' (write '07:00')",
+        ),
+        ("start: '17:60'", "start", "got '17:60'"),
+        ("start: 1700", "start", "expected text, got 1700 (write a time as 'HH:MM', e.g. '22:00')"),
+        ("start: '24:00'", "start", "24:00 is only an end (midnight at the end of the day)"),
+        ("end: '24:01'", "end", "(00:00..23:59, or 24:00 for midnight), got '24:01'"),
+        (
+            "end: '08:00'",
+            "end",
+            "the period starts and ends at 08:00; it would last no time "
+            "(a whole day is start '00:00', end '24:00')",
+        ),
+        ("power_kw: 0", "power_kw", "must be > 0, got 0"),
+        ("power_kw: -11", "power_kw", "must be > 0, got -11"),
+        ("power_kw: '11'", "power_kw", "expected a number, got '11' (quoted text"),
+        ("name: 'peak hours'", "name", "a name is 1 to 64 letters, digits"),
+        ("power: 11", "power", "unknown key 'power'; did you mean 'power_kw'?"),
+    ],
+)
+def test_time_of_use_invalid(tmp_path: Path, item: str, key: str, message: str) -> None:
+    fields = {"name": "p", "days": "daily", "start": "'08:00'", "end": "'09:00'", "power_kw": "5"}
+    name, _, value = item.partition(": ")
+    if name in fields:
+        fields[name] = value
+    else:
+        del fields["power_kw"]
+        fields[name] = value
+    body = "\n".join(f"    {k}: {v}" for k, v in fields.items())
+    text = f"{BASE}time_of_use:\n  - {body.lstrip()}\n"
+    expect(tmp_path, text, line_of(text, item), f"time_of_use[0].{key}", message)
+
+
+def test_time_of_use_needs_its_keys_and_unique_names(tmp_path: Path) -> None:
+    text = f"{BASE}time_of_use:\n  - {{name: p, days: daily, start: '08:00', end: '09:00'}}\n"
+    expect(tmp_path, text, line_of(text, "name: p"), "time_of_use[0].power_kw", "missing")
+    text = (
+        f"{BASE}time_of_use:\n"
+        "  - {name: p, days: daily, start: '08:00', end: '09:00', power_kw: 5}\n"
+        "  - {name: p, days: sat, start: '10:00', end: '11:00', power_kw: 5}\n"
+    )
+    expect(
+        tmp_path,
+        text,
+        line_of(text, "days: sat"),
+        "time_of_use[1].name",
+        f"duplicate time-of-use name 'p', already used by time_of_use[0] (line "
+        f"{line_of(text, 'days: daily')})",
+    )
+    text = f"{BASE}time_of_use: {{name: p}}\n"
+    expect(tmp_path, text, line_of(text, "time_of_use"), "time_of_use", "expected a list")
+
+
+def test_a_base_60_number_is_never_read_from_a_clock_time(tmp_path: Path) -> None:
+    # YAML 1.1 would read rating_a: 1:00 as 60.
+    text = edit("rating_a: 32,", "rating_a: 1:00,")
+    expect(
+        tmp_path,
+        text,
+        line_of(text, "rating_a: 1:00"),
+        "circuits[0].rating_a",
+        "expected a number, got '1:00'",
+    )
+
+
+def test_config_check_shows_the_new_keys(tmp_path: Path) -> None:
+    text = edit("    priority_tier: 1\n", "    priority_tier: 1\n    ev_kind: 3p\n")
+    text = edit("worst_case_non_ev_a: 20}", "worst_case_non_ev_a: 20, exports: true}", text)
+    text += "load_management: {unbalanced_limit_a: 20}\n" + TOU
+    out = io.StringIO()
+    assert run_config_check(write(tmp_path, text), as_json=True, out=out) == 0
+    site = json.loads(out.getvalue())["site"]
+    assert site["exports"] is True and site["meter_export_positive"] is False
+    assert site["load_management"]["unbalanced_limit_a"] == 20
+    assert site["load_management"]["ramp_step_a"] == 6
+    assert site["control"]["meter_frozen_s"] == 10
+    assert [e["ev_kind"] for e in site["evses"]] == ["3p", "auto"]
+    assert site["time_of_use"][0] == {
+        "name": "peak",
+        "days": ["mon", "tue", "wed", "thu", "fri"],
+        "start": "17:00",
+        "end": "20:00",
+        "power_kw": 11.0,
+    }
+    assert site["time_of_use"][2]["end"] == "24:00"
+
+    out = io.StringIO()
+    assert run_config_check(write(tmp_path, text), as_json=False, out=out) == 0
+    printed = out.getvalue()
+    assert "tier 1, EV 3p" in printed
+    assert "meter frozen after 10 s" in printed
+    assert (
+        "load management: ramp 6 A per 5 s, settle 10 s, on/off at least 60/30 s, rotation "
+        "900 s, unbalanced-load limit 20 A" in printed
+    )
+    assert "grid: exports (meter counts import positive)" in printed
+    assert (
+        "time of use (Europe/Berlin): peak weekdays 17:00-20:00 11 kW; weekend-night "
+        "weekend 22:00-06:00 22.5 kW; whole-wednesday wed 00:00-24:00 40 kW" in printed
+    )
 
 
 # --- evsite config check ---------------------------------------------------------------------

@@ -1,8 +1,16 @@
 """App layer: the technician socket (unix stream, newline-delimited JSON, one request a line).
 
-The CLI connects here to read the running service's state. The socket file is created with mode
-0660 and, when configured, the technicians' group, so only root, the service and that group can
-talk to it. Requests: ``{"cmd": "status"}``, ``{"cmd": "ping"}``.
+The CLI connects here to read the running service's state and to set limits. The socket file is
+created with mode 0660 and, when configured, the technicians' group, so only root, the service
+and that group can talk to it.
+
+Each request is ``{"cmd": NAME, ...arguments}``; commands are dispatched through a mapping of
+name -> (pydantic payload model, handler). A payload is validated whole before its handler runs,
+so a bad request changes nothing. Answers are ``{"ok": true, ...}`` or
+``{"ok": false, "error": "...", "field": "current_a"}`` (``field`` when one input is at fault).
+
+Commands: ``ping``, ``status``, and with a SlotBook ``limit_set``, ``limit_clear``,
+``limit_list`` (technician overrides, `evsite limit`).
 """
 
 from __future__ import annotations
@@ -11,17 +19,76 @@ import asyncio
 import contextlib
 import grp
 import json
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+from zoneinfo import ZoneInfo
 
 import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from controller.app.slots import SlotBook, SlotRefused
+from controller.core.errors import EvsiteError
+from controller.core.slots import SITE, LimitSlot, SlotSource, time_of_use_slot
 
 log = structlog.get_logger("evsite.socket")
 
 SOCKET_NAME = "evsite.sock"
 MAX_REQUEST_BYTES = 64 * 1024
+
+P = TypeVar("P", bound=BaseModel)
+Answer = dict[str, Any]
+
+
+class CommandRefused(EvsiteError):
+    """A request that was understood but not carried out; ``field`` names the input at fault."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Generic[P]):
+    """One socket command: the model its arguments must pass, and what to do with them."""
+
+    payload: type[P]
+    run: Callable[[P], Answer]
+
+
+# Arguments arrive as JSON from the CLI (or a script): strict types, nothing unknown.
+_PAYLOAD = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NoArguments(BaseModel):
+    model_config = _PAYLOAD
+
+
+class LimitSetRequest(BaseModel):
+    """``limit_set``: a technician override. Times are ISO 8601; without offset, site-local."""
+
+    model_config = _PAYLOAD
+    id: str | None = None  # default: the scope, so one override per scope unless named
+    scope: str = SITE  # site, circuit:<id> or connector:<id>
+    current_a: float | None = None
+    power_w: float | None = None
+    starts_at: str | None = None
+    ends_at: str | None = None
+    duration_s: float | None = None  # ends_at = (starts_at or now) + duration_s
+    note: str = ""
+
+
+class LimitClearRequest(BaseModel):
+    """``limit_clear``: one override by id, or all of them."""
+
+    model_config = _PAYLOAD
+    id: str | None = None
+    all: bool = False
 
 
 class ControlSocket:
@@ -30,11 +97,17 @@ class ControlSocket:
         path: Path,
         *,
         status: Callable[[], dict[str, Any]],
+        commands: Mapping[str, Command[Any]] | None = None,
         mode: int = 0o660,
         group: str | None = None,
     ) -> None:
         self.path = path
         self._status = status
+        self._commands: dict[str, Command[Any]] = {
+            "ping": Command(NoArguments, lambda _: {}),
+            "status": Command(NoArguments, lambda _: {"status": self._status()}),
+            **(commands or {}),
+        }
         self._mode = mode
         self._group = group
         self._server: asyncio.Server | None = None
@@ -75,19 +148,33 @@ class ControlSocket:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    def _answer(self, line: bytes) -> dict[str, Any]:
+    def _answer(self, line: bytes) -> Answer:
         try:
             request = json.loads(line)
         except json.JSONDecodeError as exc:
             return {"ok": False, "error": f"request is not JSON: {exc.msg}"}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return {"ok": False, "error": "request must be an object with a string 'cmd'"}
-        cmd = request["cmd"]
-        if cmd == "ping":
-            return {"ok": True}
-        if cmd == "status":
-            return {"ok": True, "status": self._status()}
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
+        name = request.pop("cmd")
+        command = self._commands.get(name)
+        if command is None:
+            known = ", ".join(sorted(self._commands))
+            return {"ok": False, "error": f"unknown command {name!r}; commands: {known}"}
+        try:
+            payload = command.payload.model_validate(request)
+        except ValidationError as exc:
+            return _invalid(exc)
+        try:
+            return {"ok": True, **command.run(payload)}
+        except CommandRefused as exc:
+            answer: Answer = {"ok": False, "error": exc.message}
+            if exc.field is not None:
+                answer["field"] = exc.field
+            return answer
+        except Exception as exc:
+            # One bad command must not take the socket (or the service) down.
+            log.exception("socket_command_failed", cmd=name)
+            return {"ok": False, "error": f"internal error in {name}: {type(exc).__name__}"}
 
     async def close(self) -> None:
         if self._server is not None:
@@ -95,3 +182,148 @@ class ControlSocket:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _invalid(exc: ValidationError) -> Answer:
+    """The first problem of a payload, as an answer naming its field."""
+    err = exc.errors(include_url=False)[0]
+    loc = err["loc"]
+    field = str(loc[0]) if loc else None
+    if err["type"] == "extra_forbidden":
+        message = f"unknown field {field!r}"
+    elif err["type"] == "missing":
+        message = f"{field}: missing"
+    else:
+        text = err["msg"][:1].lower() + err["msg"][1:]
+        message = f"{field}: {text}, got {err.get('input')!r}" if field else text
+    answer: Answer = {"ok": False, "error": message}
+    if field is not None:
+        answer["field"] = field
+    return answer
+
+
+# --------------------------------------------------------------------------------------------
+# Limit commands: technician overrides in the SlotBook
+# --------------------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
+    return None if value is None else value.astimezone(tz).isoformat()
+
+
+def slot_document(slot: LimitSlot, tz: ZoneInfo, now: datetime) -> Answer:
+    """A slot as JSON, its times in the site's local time, and whether it applies ``now``."""
+    return {
+        "source": slot.source.value,
+        "id": slot.id,
+        "scope": slot.scope,
+        "current_a": slot.current_a,
+        "power_w": slot.power_w,
+        "starts_at": _iso(slot.starts_at, tz),
+        "ends_at": _iso(slot.ends_at, tz),
+        "floor_w": slot.floor_w,
+        "note": slot.note,
+        "active": slot.active(now),
+    }
+
+
+def _site_time(field: str, text: str, tz: ZoneInfo, now: datetime) -> datetime:
+    """ISO 8601 text -> aware datetime; without an offset it is the site's local time.
+
+    A time of day alone (``18:00``) is today's date at the site.
+    """
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            clock = time.fromisoformat(text)
+        except ValueError as exc:
+            raise CommandRefused(
+                f"{field}: {text!r} is not an ISO 8601 time like 2026-11-29T18:00, "
+                "2026-11-29T18:00+01:00 or 18:00 (today)",
+                field=field,
+            ) from exc
+        value = datetime.combine(now.astimezone(tz).date(), clock)
+    if value.tzinfo is not None:
+        return value
+    local = value.replace(tzinfo=tz)
+    # A wall time skipped when the clocks go forward does not exist at the site.
+    if local.astimezone(UTC).astimezone(tz).replace(tzinfo=None) != value:
+        raise CommandRefused(
+            f"{field}: {text} does not exist in {tz.key} (the clocks skip it); give another "
+            "time or an offset",
+            field=field,
+        )
+    return local
+
+
+def limit_commands(book: SlotBook) -> dict[str, Command[Any]]:
+    """``limit_set``, ``limit_clear`` and ``limit_list`` over one SlotBook (source override)."""
+    tz = ZoneInfo(book.site.timezone)
+    source = SlotSource.OVERRIDE
+
+    def limit_set(req: LimitSetRequest) -> Answer:
+        now = book.now().astimezone(tz)
+        starts_at = _site_time("starts_at", req.starts_at, tz, now) if req.starts_at else None
+        ends_at = _site_time("ends_at", req.ends_at, tz, now) if req.ends_at else None
+        if req.duration_s is not None:
+            if ends_at is not None:
+                raise CommandRefused("give ends_at or duration_s, not both", field="duration_s")
+            if not math.isfinite(req.duration_s) or req.duration_s <= 0:
+                raise CommandRefused(
+                    f"duration_s: must be a number of seconds > 0, got {req.duration_s!r}",
+                    field="duration_s",
+                )
+            ends_at = (starts_at or now) + timedelta(seconds=req.duration_s)
+        try:
+            accepted = book.set(
+                source=source,
+                id=req.id if req.id is not None else req.scope,
+                scope=req.scope,
+                current_a=req.current_a,
+                power_w=req.power_w,
+                starts_at=starts_at,
+                ends_at=ends_at,
+                note=req.note,
+            )
+        except SlotRefused as exc:
+            raise CommandRefused(exc.message, field=exc.field) from exc
+        return {
+            "slot": slot_document(accepted.slot, tz, book.now()),
+            "replaced": accepted.replaced,
+            "notes": list(accepted.notes),
+        }
+
+    def limit_clear(req: LimitClearRequest) -> Answer:
+        if req.all == (req.id is not None):
+            raise CommandRefused("give id or all, one of them", field="id")
+        try:
+            if req.all:
+                cleared = book.clear_all(source)
+            else:
+                assert req.id is not None
+                slot = book.clear(source, req.id)
+                if slot is None:
+                    ids = [s.id for s in book.slots() if s.source is source]
+                    known = f"overrides: {', '.join(ids)}" if ids else "there are none"
+                    raise CommandRefused(f"no override {req.id!r}; {known}", field="id")
+                cleared = (slot,)
+        except SlotRefused as exc:
+            raise CommandRefused(exc.message, field=exc.field) from exc
+        now = book.now()
+        return {"cleared": [slot_document(s, tz, now) for s in cleared]}
+
+    def limit_list(_: NoArguments) -> Answer:
+        now = book.now()
+        slots = sorted(book.slots(), key=lambda s: (s.source.value, s.id))
+        tou = time_of_use_slot(book.site.time_of_use, now.astimezone(tz))
+        documents = [slot_document(s, tz, now) for s in slots]
+        if tou is not None:
+            documents.append(slot_document(tou, tz, now))
+        return {"now": now.astimezone(tz).isoformat(), "timezone": tz.key, "slots": documents}
+
+    return {
+        "limit_set": Command(LimitSetRequest, limit_set),
+        "limit_clear": Command(LimitClearRequest, limit_clear),
+        "limit_list": Command(NoArguments, limit_list),
+    }

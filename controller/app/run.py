@@ -13,10 +13,11 @@ from pathlib import Path
 import structlog
 
 from controller import __version__
-from controller.app.control_socket import SOCKET_NAME, ControlSocket
+from controller.app.control_socket import SOCKET_NAME, ControlSocket, limit_commands
 from controller.app.logs import configure_logging
 from controller.app.sdnotify import SystemdNotifier
 from controller.app.service import ControlLoop, install_signal_handlers
+from controller.app.slots import SlotBook
 from controller.config import LoadedConfig, load_config
 from controller.store.db import Database
 from drivers.registry import build_evse, build_meter
@@ -29,6 +30,7 @@ async def serve(config: LoadedConfig) -> int:
     service = config.service
     notifier = SystemdNotifier.from_env()
     db = Database.in_state_dir(service.state_dir)
+    book = SlotBook(db, site)
     meters = {m.id: build_meter(m) for m in site.meters}
     evses = {c.id: build_evse(c.evse) for c in site.connectors}
     watchdog_s = notifier.watchdog_interval_s()
@@ -42,11 +44,18 @@ async def serve(config: LoadedConfig) -> int:
             last_ping[0] = now
 
     loop = ControlLoop(
-        site=site, meters=meters, evses=evses, db=db, clock=time.monotonic, on_tick=on_tick
+        site=site,
+        meters=meters,
+        evses=evses,
+        db=db,
+        clock=time.monotonic,
+        on_tick=on_tick,
+        slots=book.slots,
     )
     sock = ControlSocket(
         service.runtime_dir / SOCKET_NAME,
         status=lambda: loop.status,
+        commands=limit_commands(book),
         mode=service.socket_mode,
         group=service.socket_group,
     )

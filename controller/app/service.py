@@ -25,7 +25,9 @@ from controller.app.health import DeviceHealth
 from controller.app.status import build_status
 from controller.core.allocation import allocate
 from controller.core.errors import EvsiteError
-from controller.core.model import Allocation, EvseReading, MeterReading, Snapshot
+from controller.core.faults import FaultBook
+from controller.core.faults import update as update_faults
+from controller.core.model import Allocation, Condition, EvseReading, MeterReading, Snapshot
 from controller.core.ports import Evse, Meter
 from controller.core.site import Site
 from controller.core.slots import LimitSlot
@@ -74,6 +76,7 @@ class ControlLoop:
         self.written: dict[str, _Written | None] = dict.fromkeys(self.evses)
         self.allocation: Allocation | None = None
         self.write_failed: set[str] = set()
+        self.faults = FaultBook()
         self.status: dict[str, Any] = {}
         self.ticks = 0
         self.last_tick_ms = 0.0
@@ -166,6 +169,7 @@ class ControlLoop:
         previous = self.allocation
         allocation = allocate(self.site, snap, previous)
         self._log_transitions(previous, allocation)
+        self._track_faults(allocation, wall)
         self.allocation = allocation
         await self._apply(allocation, now_s)
         self.ticks += 1
@@ -248,6 +252,30 @@ class ControlLoop:
             except StoreError as exc:
                 log.error("state_write_failed", error=str(exc))
 
+    def _track_faults(self, allocation: Allocation, wall: datetime) -> None:
+        conditions = list(allocation.faults)
+        for device, health in self.health.items():
+            # One missed read is a hold, not a fault; two in a row is a device offline.
+            if not health.online and health.failures_in_row >= 2:
+                conditions.append(
+                    Condition(code="device_offline", subject=device, detail=health.last_error or "")
+                )
+        self.faults, transitions = update_faults(self.faults, conditions, wall=wall)
+        for tr in transitions:
+            f = tr.fault
+            emit = log.warning if tr.kind == "raised" else log.info
+            emit(f"fault_{tr.kind}", code=f.code, subject=f.subject, detail=f.detail,
+                 occurrences=f.occurrences)  # fmt: skip
+            try:
+                self.db.log_event(
+                    wall.astimezone(UTC).isoformat(),
+                    f"fault_{tr.kind}",
+                    f.subject,
+                    json.dumps(f.as_dict()),
+                )
+            except StoreError as exc:
+                log.error("state_write_failed", error=str(exc))
+
     def _build_status(self, now_s: float, wall: datetime) -> dict[str, Any]:
         status = build_status(
             site=self.site,
@@ -261,6 +289,7 @@ class ControlLoop:
             health={d: h.as_dict(now_s) for d, h in self.health.items()},
         )
         status["tick"] = {"count": self.ticks, "last_ms": round(self.last_tick_ms, 1)}
+        status["faults"] = [f.as_dict() for f in self.faults.active.values()]
         return status
 
     async def close(self) -> None:

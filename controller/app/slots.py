@@ -115,7 +115,7 @@ class SlotBook:
         self,
         *,
         source: SlotSource,
-        id: str,  # noqa: A002 -- the slot's own field name
+        id: str,  # the slot's own field name (shadows the builtin here only)
         scope: str = SITE,
         current_a: float | None = None,
         power_w: float | None = None,

@@ -76,6 +76,7 @@ def build_status(
                 "power_w": _r(reading.power_w) if reading else None,
                 "energy_wh": _r(reading.energy_wh) if reading else None,
                 "limit_a": _r(limit.current_a) if limit else None,
+                "target_a": None if limit is None or limit.target_a is None else _r(limit.target_a),
                 "bound_by": limit.describe() if limit else None,
                 "bound": limit.bound.value if limit else None,
                 "written_a": written_a.get(conn.id),

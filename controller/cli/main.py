@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from controller import __version__
+from controller.cli import limits
 from controller.cli.client import ServiceUnreachable, request
 from controller.core.errors import ConfigError
 
@@ -56,6 +57,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
             time.sleep(args.interval)
 
 
+def _cmd_limit(args: argparse.Namespace) -> int:
+    return int(args.limit_func(_socket_path(args), args))
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from controller.cli.config_check import run_config_check
 
@@ -86,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="refresh interval for --watch")
     _add_target(p)
     p.set_defaults(func=_cmd_status)
+
+    limits.add_parser(sub, _add_target, _cmd_limit)
 
     p = sub.add_parser("config", help="work with site configuration files")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

@@ -47,7 +47,8 @@ def render_status(status: dict[str, Any]) -> Group:
         parts.append(table)
 
     ct = Table(title="connectors", title_justify="left")
-    for col in ("id", "state", "I L1/L2/L3 A", "limit A", "bound by", "rotation", "tier"):
+    for col in ("id", "state", "I L1/L2/L3 A", "limit A", "fair share A", "bound by", "rotation",
+                "tier"):  # fmt: skip
         ct.add_column(col)
     for c in status["connectors"]:
         cur = c["current_a"]
@@ -57,11 +58,20 @@ def render_status(status: dict[str, Any]) -> Group:
             Text(state, style=_STATE_STYLE.get(c["state"], "red")),
             "-" if cur is None else " / ".join(f"{v:.1f}" for v in cur),
             _f(c["limit_a"]),
+            _f(c.get("target_a")),
             c["bound_by"] or "-",
             c["rotation"],
             str(c["priority_tier"]),
         )
     parts.append(ct)
+    for fault in status.get("faults", []):
+        parts.append(
+            Text(
+                f"fault {fault['code']} {fault['subject']}: {fault['detail']} "
+                f"(since {fault['raised_at']})",
+                style="bold red",
+            )
+        )
     offline = [d["id"] for d in status.get("devices", []) if not d["online"]]
     if offline:
         parts.append(Text(f"offline: {', '.join(offline)}", style="red"))

@@ -37,6 +37,7 @@ import numpy as np
 from controller.core.model import (
     Allocation,
     Bound,
+    Condition,
     ConnectorLimit,
     ConnectorMemory,
     EngineState,
@@ -105,6 +106,8 @@ def _judge_meter(
     # A frozen meter repeats itself exactly. All zeros is a real reading of an idle site,
     # unless the EVSEs below it say current flows.
     new_memory = memory
+    if usable is not None and memory is not None and usable.at_s <= memory.good_at_s:
+        usable = None  # the same reading again (the read failed): late, not frozen
     if usable is not None:
         value = usable.current_a
         if memory is None or memory.value != value:
@@ -250,7 +253,7 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
     # -- 1. meters and the per-node ladder
     judgements: dict[str, _MeterJudgement] = {}
     meter_memory: dict[str, MeterMemory] = {}
-    faults: list[str] = []
+    faults: list[Condition] = []
     for node in site.circuits:
         if node.meter is None:
             continue
@@ -272,7 +275,8 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
         if judged.memory is not None:
             meter_memory[node.meter] = judged.memory
         if judged.fault is not None:
-            faults.append(f"{judged.fault} ({node.meter} at {node.id})")
+            code, _, detail = judged.fault.partition(": ")
+            faults.append(Condition(code=code, subject=node.meter, detail=detail))
     node_mode: dict[str, str] = {}
     for node in site.circuits:
         modes = [judgements[n].mode for n in topo.path[node.id] if n in judgements]
@@ -333,7 +337,13 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
             bound = Bound.NO_VEHICLE if reading.state.value == "A" else Bound.EVSE_FAULT
             limits[conn.id] = ConnectorLimit(connector=conn.id, current_a=0.0, bound=bound)
             if bound is Bound.EVSE_FAULT:
-                faults.append(f"evse_fault: {conn.id} reports state {reading.state.value}")
+                faults.append(
+                    Condition(
+                        code="evse_fault",
+                        subject=conn.id,
+                        detail=f"reports state {reading.state.value}",
+                    )
+                )
         if fixed is not None:
             fixed_amps[conn.id] = fixed
             for node_id in topo.path[conn.circuit]:

@@ -193,6 +193,20 @@ class MeterMemory:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Condition:
+    """A fault condition the engine sees this tick. (code, subject) identifies it across
+    ticks; ``detail`` may change from tick to tick. The shell raises and clears faults on
+    transitions of the set of conditions."""
+
+    code: str  # snake_case, e.g. "meter_stale", "meter_implausible", "evse_fault"
+    subject: str  # the device or connector id
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.subject}: {self.detail}" if self.detail else self.code
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EngineState:
     connectors: Mapping[str, ConnectorMemory] = field(default_factory=dict)
     meters: Mapping[str, MeterMemory] = field(default_factory=dict)
@@ -210,7 +224,7 @@ class Allocation:
     nodes: Mapping[str, NodePhaseState]
     mode: str  # "normal", "hold", "fallback", "startup" (the worst over the nodes)
     notes: tuple[str, ...] = ()
-    faults: tuple[str, ...] = ()
+    faults: tuple[Condition, ...] = ()
     state: EngineState = field(default_factory=EngineState)
 
     def current_a(self, connector: str) -> float:

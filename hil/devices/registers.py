@@ -67,3 +67,65 @@ def registers_to_ascii(registers: list[int]) -> str:
 def is_finite(value: float) -> bool:
     """True for a real number (written setpoints must not be NaN or infinite)."""
     return not (math.isnan(value) or math.isinf(value))
+
+
+# --- integers and word order (the Carlo Gavazzi, Phoenix and Schneider maps put the LOW word
+# first; SunSpec, ABB, Bender and Heidelberg the high word) -------------------------------------
+
+
+def _words(data: bytes, *, low_word_first: bool) -> list[int]:
+    words = [(data[i] << 8) | data[i + 1] for i in range(0, len(data), 2)]
+    return words[::-1] if low_word_first else words
+
+
+def _clamp(value: int, lo: int, hi: int) -> int:
+    return min(max(int(value), lo), hi)
+
+
+def u16(value: int) -> list[int]:
+    """Unsigned 16-bit; clamps to 0..65535."""
+    return [_clamp(value, 0, 0xFFFF)]
+
+
+def i16(value: int) -> list[int]:
+    """Signed 16-bit two's complement; clamps to -32768..32767."""
+    return [_clamp(value, -0x8000, 0x7FFF) & 0xFFFF]
+
+
+def i32(value: int, *, low_word_first: bool = False) -> list[int]:
+    """Signed 32-bit, two registers; clamps to the representable range."""
+    raw = struct.pack(">i", _clamp(value, -(2**31), 2**31 - 1))
+    return _words(raw, low_word_first=low_word_first)
+
+
+def u32(value: int, *, low_word_first: bool = False) -> list[int]:
+    """Unsigned 32-bit, two registers; clamps to the representable range."""
+    raw = struct.pack(">I", _clamp(value, 0, 2**32 - 1))
+    return _words(raw, low_word_first=low_word_first)
+
+
+def i64(value: int, *, low_word_first: bool = False) -> list[int]:
+    """Signed 64-bit, four registers."""
+    raw = struct.pack(">q", _clamp(value, -(2**63), 2**63 - 1))
+    return _words(raw, low_word_first=low_word_first)
+
+
+def u64(value: int, *, low_word_first: bool = False) -> list[int]:
+    """Unsigned 64-bit, four registers."""
+    raw = struct.pack(">Q", _clamp(value, 0, 2**64 - 1))
+    return _words(raw, low_word_first=low_word_first)
+
+
+def f32(value: float, *, low_word_first: bool = False) -> list[int]:
+    """IEEE-754 single precision, two registers."""
+    return _words(struct.pack(">f", value), low_word_first=low_word_first)
+
+
+def words_to_int(registers: list[int], *, signed: bool = False) -> int:
+    """Registers, high word first, as one integer (for reading back written values)."""
+    value = 0
+    for r in registers:
+        value = (value << 16) | (r & 0xFFFF)
+    if signed and registers and registers[0] & 0x8000:
+        value -= 1 << (16 * len(registers))
+    return value

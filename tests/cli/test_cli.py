@@ -20,7 +20,7 @@ def _evsite(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_the_commands() -> None:
     out = _evsite("--help")
     assert out.returncode == 0
-    for command in ("run", "status", "config"):
+    for command in ("run", "status", "config", "limit"):
         assert command in out.stdout
 
 
