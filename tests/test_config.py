@@ -1204,6 +1204,15 @@ def test_example_site_is_the_documented_one() -> None:
     assert all(x.fits for x in fallback_loads(site))
 
 
+def test_the_example_in_the_configuration_reference_loads() -> None:
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    block = text.split("## Example\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    config = load_config_text(block)
+    assert config.warnings == ()
+    assert [t.name for t in config.site.time_of_use] == ["evening-peak", "weekend-night"]
+    assert config.site.load_management.unbalanced_limit_a == 20
+
+
 def test_core_never_imports_the_config_module() -> None:
     for module in (REPO / "controller" / "core").rglob("*.py"):
         tree = ast.parse(module.read_text(encoding="utf-8"))
