@@ -412,6 +412,17 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
         for node_id in topo.path[cand.conn.circuit]:
             for p in cand.phases:
                 cand.keys.append((node_key[(node_id, p)], 1.0))
+        # An EV that keeps drawing above its limit once it had time to follow counts at its
+        # draw: the excess is taken from the capacity the others share. (Within the settling
+        # time, step 6 already blocks increases while it draws more than its limit.)
+        mem = cand.memory
+        if now - mem.changed_at_s >= lm.settle_s:
+            draw = _draw(cand.conn, cand.reading)
+            for p in range(3):
+                excess = draw[p] - mem.limit_a
+                if excess > lm.follow_tolerance_a:
+                    for node_id in topo.path[cand.conn.circuit]:
+                        cons.capacity[node_key[(node_id, p)]] -= excess
 
     slots = list(snap.slots)
     tou = time_of_use_slot(site.time_of_use, snap.wall)
@@ -464,27 +475,38 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
         for cand in cands:  # 3-phase EVs load all phases alike: only 1-phase ones unbalance
             if len(cand.phases) == 1:
                 p = cand.phases[0]
-                # sum of 1-phase EVs on p <= U - (load on p - the least loaded phase)
-                cap = lm.unbalanced_limit_a - (base_load[p] - min(base_load))
+                # I_p - I_q <= U for every other phase q; EVs on q only help, so count none:
+                # sum of 1-phase EVs on p <= U - (load on p - the least loaded other phase)
+                others = min(base_load[q] for q in range(3) if q != p)
+                cap = lm.unbalanced_limit_a - (base_load[p] - others)
                 if p not in unbalance_key:
                     unbalance_key[p] = cons.add(cap, Bound.UNBALANCE, None, p, None)
                 cand.keys.append((unbalance_key[p], 1.0))
 
-    # Unused capacity: an EV settled well below its limit is capped near its draw.
+    # Unused capacity: an EV settled well below its limit is capped near its draw. The cap
+    # lifts when the EV draws (almost) all of it, i.e. it wants more: the release tolerance is
+    # below the headroom, or a steady EV would be released every other tick and flap.
+    release_tol_a = min(lm.follow_tolerance_a, lm.unused_headroom_a / 2)
     for cand in cands:
         mem = cand.memory
         peak = max((cand.reading.current_a[i] for i in range(cand.conn.phase_count)), default=0.0)
-        settled = now - mem.changed_at_s >= lm.settle_s
-        below = mem.limit_a > 0 and peak < mem.limit_a - lm.unused_threshold_a
-        if settled and below and mem.running_since_s is not None:
-            since = mem.underuse_since_s if mem.underuse_since_s is not None else now
-            cand.memory = replace(mem, underuse_since_s=since)
-            if now - since >= lm.unused_after_s:
-                cap = max(cand.lo, peak + lm.unused_headroom_a)
-                if cap < cand.hi:
-                    cand.hi, cand.hi_bound, cand.hi_slot = cap, Bound.EV_USES_LESS, None
-        elif peak >= mem.limit_a - lm.follow_tolerance_a:
-            cand.memory = replace(mem, underuse_since_s=None)
+        since = mem.underuse_since_s
+        capped = since is not None and now - since >= lm.unused_after_s
+        if capped and peak >= mem.limit_a - release_tol_a:
+            since, capped = None, False  # it ramps up to its allowance: its share comes back
+        elif not capped:
+            settled = now - mem.changed_at_s >= lm.settle_s
+            below = mem.limit_a > 0 and peak < mem.limit_a - lm.unused_threshold_a
+            if settled and below and mem.running_since_s is not None:
+                since = since if since is not None else now
+                capped = now - since >= lm.unused_after_s
+            else:
+                since = None
+        cand.memory = replace(mem, underuse_since_s=since)
+        if capped:
+            cap = max(cand.lo, peak + lm.unused_headroom_a)
+            if cap < cand.hi:
+                cand.hi, cand.hi_bound, cand.hi_slot = cap, Bound.EV_USES_LESS, None
 
     capacity = np.asarray(cons.capacity, dtype=np.float64)
 
@@ -702,16 +724,16 @@ def _admit(cands: list[_Cand], capacity: FloatArray, *, now: float, lm: LoadMana
             continue
         mem = c.memory
         resume = mem.running_since_s is None and mem.paused_by_us
-        if resume and mem.waiting_since_s is not None and now - mem.waiting_since_s < min_off_s:
-            c.pause_bound, c.pause_key = Bound.MIN_OFF, None
-            continue
         need = c.lo + (resume_margin_a if resume else 0.0)
         blocked = [k for k, w in c.keys if slack[k] < w * need - _EPS]
-        if blocked:
+        if blocked:  # capacity first: a full circuit is the reason to show, not the timer
             c.pause_bound, c.pause_key = Bound.BELOW_MIN, blocked[0]
             rotated = turn(c)[1] == 1
             if rotated:
                 c.pause_bound, c.pause_key = Bound.ROTATION, None
+            continue
+        if resume and mem.waiting_since_s is not None and now - mem.waiting_since_s < min_off_s:
+            c.pause_bound, c.pause_key = Bound.MIN_OFF, None
             continue
         c.admitted = True
         for k, w in c.keys:
