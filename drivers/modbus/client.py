@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -63,6 +64,10 @@ class ModbusRefused(DeviceError):
         self.exception_code = exception_code
 
 
+class ModbusNoAnswer(DeviceUnavailable):
+    """No usable answer in time: silence, a corrupt frame, garbage, or a reply too late."""
+
+
 class ModbusBusy(DeviceUnavailable):
     """The device (or its gateway) answered with a busy / gateway exception: try again later."""
 
@@ -87,6 +92,16 @@ def silent_interval_s(transport: Transport) -> float:
     bits = 1 + transport.bytesize + (0 if transport.parity.upper() == "N" else 1)
     bits += transport.stopbits
     return 3.5 * bits / transport.baudrate
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BusCounters:
+    """What one bus has done since it was created (for status, tests and benchmarks)."""
+
+    transactions: int = 0  # requests sent (each costs the line one round trip or timeout)
+    failures: int = 0  # transactions that ended in an error, timeouts included
+    timeouts: int = 0  # transactions that got no usable answer in time
+    busy_s: float = 0.0  # time the bus was held by transactions
 
 
 class ModbusClient:
@@ -122,7 +137,12 @@ class ModbusClient:
         self._lock: asyncio.Lock | None = None
         self._client: Any = None
         self._rebuild = False
+        self._counters = BusCounters()
         silence_pymodbus_logging()
+
+    @property
+    def counters(self) -> BusCounters:
+        return self._counters
 
     @property
     def transport(self) -> Transport:
@@ -297,7 +317,7 @@ class ModbusClient:
         except EvsiteError:
             raise
         except ModbusIOException as exc:
-            raise DeviceUnavailable(f"{where}: no answer to {what} ({exc})") from exc
+            raise ModbusNoAnswer(f"{where}: no answer to {what} ({exc})") from exc
         except ConnectionException as exc:
             raise DeviceUnavailable(f"{where}: connection lost during {what} ({exc})") from exc
         except (ParameterException, NotImplementedException) as exc:
@@ -309,7 +329,7 @@ class ModbusClient:
         except Exception as exc:  # no library exception leaves this adapter
             raise DeviceUnavailable(f"{where}: {what} failed unexpectedly ({exc!r})") from exc
         if response is None:
-            raise DeviceUnavailable(f"{where}: no answer to {what}")
+            raise ModbusNoAnswer(f"{where}: no answer to {what}")
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             fc = int(response.function_code) & 0x7F
@@ -331,11 +351,26 @@ class ModbusClient:
                 if delay > 0:
                     await asyncio.sleep(delay)
             budget = self.call_budget_s
+            start = loop.time()
+            failed = timed_out = True
             try:
-                return await asyncio.wait_for(self._attempt(what, unit_id, call), budget)
+                response = await asyncio.wait_for(self._attempt(what, unit_id, call), budget)
+                failed = timed_out = False
+                return response
             except TimeoutError as exc:
-                raise DeviceUnavailable(
+                raise ModbusNoAnswer(
                     f"{self.describe()} unit {unit_id}: no answer to {what} within {budget:.2f} s"
                 ) from exc
+            except EvsiteError as exc:
+                timed_out = isinstance(exc, ModbusNoAnswer)
+                raise
             finally:
                 self._last_end = loop.time()
+                c = self._counters
+                self._counters = replace(
+                    c,
+                    transactions=c.transactions + 1,
+                    failures=c.failures + int(failed),
+                    timeouts=c.timeouts + int(timed_out),
+                    busy_s=c.busy_s + self._last_end - start,
+                )

@@ -82,6 +82,8 @@ class RegisterMapDevice:
     """One Modbus device (unit id on a bus) driven by a register map."""
 
     kind: DeviceKind = DeviceKind.METER
+    # True for a class that finds the map's base address on the device (SunSpec)
+    locates_base: bool = False
 
     def __init__(
         self,
@@ -101,6 +103,11 @@ class RegisterMapDevice:
         if not 0 <= spec.unit_id <= 255:
             raise ConfigError([f"device {spec.id}: unit id {spec.unit_id} is not 0..255"])
         check_link(spec, rmap)
+        base = rmap.address_base
+        if base is not None and base.sunspec_model is not None and not self.locates_base:
+            raise ConfigError(
+                [f"device {spec.id}: {rmap.source} is a SunSpec map; build it as a SunSpecMeter"]
+            )
         rmap = based_map(spec, rmap)
         gap_s = number_option(spec, "inter_frame_gap_s", None)
         self._spec = spec

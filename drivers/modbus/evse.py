@@ -19,7 +19,7 @@ from controller.core.model import ZERO3, EvseReading, EvseState
 from controller.core.site import DeviceSpec
 from drivers.modbus.bus import BusPool
 from drivers.modbus.device import RegisterMapDevice, number, number_option
-from drivers.modbus.registermap import DeviceKind, EvseSpec, RegisterMap
+from drivers.modbus.registermap import DeviceKind, EvseSpec, RegisterMap, encode_value
 
 
 class RegisterMapEvse(RegisterMapDevice):
@@ -46,6 +46,13 @@ class RegisterMapEvse(RegisterMapDevice):
             if wd.timeout_option is not None:
                 timeout = number_option(spec, wd.timeout_option, wd.default_timeout_s) or timeout
             self._watchdog_timeout_s = timeout
+            if wd.timeout_field is not None:
+                try:
+                    encode_value(self.register_map.field(wd.timeout_field), timeout)
+                except ValueError as exc:
+                    raise ConfigError(
+                        [f"device {spec.id}: watchdog timeout {timeout:g} s does not fit: {exc}"]
+                    ) from exc
         # What ``setup`` found that deserves a technician's look; it does not stop the site.
         self.setup_warnings: list[str] = []
         # The fallback current the device itself reports (None until ``setup`` read it).

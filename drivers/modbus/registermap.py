@@ -1248,6 +1248,9 @@ def parse_map(data: object, *, name: str, source: str) -> RegisterMap:
             evse_raw = data.get("evse")
             if isinstance(evse_raw, Mapping) and evse_raw.get("state_rules") is not None:
                 required = ()  # the state comes from the rules
+    sunspec = address_base is not None and address_base.sunspec_model is not None
+    if sunspec and kind is not DeviceKind.METER:
+        problems.add("address_base", "sunspec_model is for meter maps")
     for r in required:
         if r not in seen and not any(f"field {r!r}" in p for p in problems.items):
             problems.add(f"field {r!r}", f"required in a {kind} map but not defined")

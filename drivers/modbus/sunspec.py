@@ -55,6 +55,8 @@ class SunSpecMeter(RegisterMapMeter):
     ``options.sunspec_base`` (40000, 0 or 50000) skips probing the other bases.
     """
 
+    locates_base = True
+
     def __init__(
         self, spec: DeviceSpec, register_map: RegisterMap | str, *, pool: BusPool | None = None
     ) -> None:

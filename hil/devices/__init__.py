@@ -1,1 +1,1 @@
-"""hil: simulated Modbus devices (register maps, device behaviour, loopback TCP servers)."""
+"""hil: simulated Modbus devices (registers, behaviour) served on loopback TCP and pty RTU lines."""

@@ -331,6 +331,12 @@ class TcpServer:
             registers: list[int],
             values: list[int] | list[bool] | None,
         ) -> ExcCodes | None:
+            if values is None and function_code not in (
+                FC_READ_COILS,
+                FC_READ_HOLDING,
+                FC_READ_INPUT,
+            ):
+                return None  # pymodbus reading back what a write just stored, for its echo
             if device.is_asleep:
                 self._pending[device.unit_id] = Fault.SILENT
                 return None

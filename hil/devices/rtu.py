@@ -18,10 +18,13 @@ character time per byte. So an RTU transaction costs here what it costs on a rea
 side (pyserial's tcsetattr) are what ``termios.tcgetattr`` returns on ours, for the baud rate,
 the stop bits and odd parity. Linux's pty driver, however, clears PARENB and CSIZE on every
 tcsetattr (drivers/tty/pty.c, ``pty_set_termios``), so even parity cannot be read back from a
-pty. While a line runs, ``termios.tcsetattr`` is therefore wrapped process-wide to remember what
-was *asked* for each of our ptys; a master in this process (the drivers under test) is then
-checked in full. A master in another process is checked on baud rate, stop bits and odd parity
-only. This is the one place hil reaches into the process; it is undone when the last line stops.
+pty; worse, a tcsetattr that asks for PARENB and changes nothing else fails with EINVAL, which
+makes pyserial (and so pymodbus) fail to open a pty with parity at all. While a line runs,
+``termios.tcsetattr`` is therefore wrapped process-wide for our ptys only: it remembers what was
+*asked*, and applies the request without PARENB when the pty refuses it, as a real UART would
+take it. A master in this process (the drivers under test) is then checked in full; a master in
+another process is checked on baud rate, stop bits and odd parity only. This is the one place
+hil reaches into the process; it is undone when the last line stops.
 
 Fault injection is the device's (``RegisterDevice.inject``): no reply, CRC errors, garbage,
 exception codes, slow replies; a device dropping off and coming back is SILENT, then NONE.
@@ -139,13 +142,26 @@ _real_tcsetattr: Callable[..., None] | None = None
 
 def _recording_tcsetattr(fd: Any, when: int, attributes: list[Any]) -> None:
     assert _real_tcsetattr is not None
-    _real_tcsetattr(fd, when, attributes)
     try:
-        number = os.fstat(fd if isinstance(fd, int) else fd.fileno()).st_rdev
+        number: int | None = os.fstat(fd if isinstance(fd, int) else fd.fileno()).st_rdev
     except (OSError, AttributeError, ValueError):
+        number = None
+    if number not in _watched:
+        _real_tcsetattr(fd, when, attributes)
         return
-    if number in _watched:
-        _requested[number] = list(attributes)
+    try:
+        _real_tcsetattr(fd, when, attributes)
+    except termios.error:
+        if not int(attributes[2]) & termios.PARENB:
+            raise
+        # A pty cannot hold PARENB: the kernel drops it, and answers EINVAL when nothing else
+        # changes (pyserial's second tcsetattr at the same speed). A real UART takes it; apply
+        # the rest so the master opens as it would on a real port.
+        reduced = list(attributes)
+        reduced[2] = int(reduced[2]) & ~termios.PARENB
+        _real_tcsetattr(fd, when, reduced)
+    assert number is not None
+    _requested[number] = list(attributes)
 
 
 def _watch(rdev: int) -> None:

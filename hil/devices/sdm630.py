@@ -1,4 +1,4 @@
-"""hil: a simulated Eastron SDM630 grid meter: input-register map and Modbus TCP server.
+"""hil: a simulated Eastron SDM630 grid meter: input-register map, Modbus TCP server, RTU device.
 
 Written from /work/shared/reference/modbus.md §1 on its own (no driver code). Input registers
 (FC04), float32 big-endian with the high word first, 0-based wire addresses, unit id 1:
@@ -18,10 +18,10 @@ Other addresses, and every holding register, answer exception 2.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from hil.devices import registers as enc
-from hil.devices.modbus import DeviceServer, Fault
+from hil.devices.meters import MeterReading
+from hil.devices.modbus import DeviceServer, Fault, RegisterDevice
 
 REG_VOLTAGE_L1 = 0x00
 REG_CURRENT_L1 = 0x06
@@ -32,15 +32,7 @@ REG_EXPORT_KWH = 0x4A
 INPUT_RANGE = range(0x00, 0x4C)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeterReading:
-    """What the meter measures: per-phase V, A, W and the energy counters."""
-
-    voltage_v: tuple[float, float, float] = (230.0, 230.0, 230.0)
-    current_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    power_w: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    import_kwh: float = 0.0
-    export_kwh: float = 0.0
+__all__ = ["MeterReading", "Sdm630Server", "sdm630_device", "sdm630_registers"]
 
 
 def sdm630_registers(reading: MeterReading) -> dict[int, int]:
@@ -60,6 +52,18 @@ def sdm630_registers(reading: MeterReading) -> dict[int, int]:
     put(REG_IMPORT_KWH, reading.import_kwh)
     put(REG_EXPORT_KWH, reading.export_kwh)
     return words
+
+
+def sdm630_device(
+    reading: Callable[[], MeterReading] = MeterReading, *, unit_id: int = 1, name: str = "sdm630"
+) -> RegisterDevice:
+    """The meter as a ``RegisterDevice`` (for an ``RtuLine``, the SDM630's own link)."""
+    return RegisterDevice(
+        name=name,
+        unit_id=unit_id,
+        render=lambda _fc: sdm630_registers(reading()),
+        inputs=(INPUT_RANGE,),
+    )
 
 
 class Sdm630Server:
