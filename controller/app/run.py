@@ -16,7 +16,7 @@ from controller import __version__
 from controller.app.control_socket import SOCKET_NAME, ControlSocket, limit_commands
 from controller.app.logs import configure_logging
 from controller.app.sdnotify import SystemdNotifier
-from controller.app.service import ControlLoop, install_signal_handlers
+from controller.app.service import ControlLoop, fault_commands, install_signal_handlers
 from controller.app.slots import SlotBook
 from controller.config import LoadedConfig, load_config
 from controller.store.db import Database
@@ -55,7 +55,7 @@ async def serve(config: LoadedConfig) -> int:
     sock = ControlSocket(
         service.runtime_dir / SOCKET_NAME,
         status=lambda: loop.status,
-        commands=limit_commands(book),
+        commands={**limit_commands(book), **fault_commands(loop)},
         mode=service.socket_mode,
         group=service.socket_group,
     )

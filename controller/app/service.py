@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from controller.app.control_socket import Command, NoArguments
 from controller.app.health import DeviceHealth
 from controller.app.status import build_status
 from controller.core.allocation import allocate
@@ -296,6 +297,19 @@ class ControlLoop:
         closers = [m.close() for m in self.meters.values()]
         closers += [e.close() for e in self.evses.values()]
         await asyncio.gather(*closers, return_exceptions=True)
+
+
+def fault_commands(loop: ControlLoop) -> dict[str, Command[Any]]:
+    """``faults``: the active faults and the recently cleared ones, newest first."""
+
+    def faults(_: NoArguments) -> dict[str, Any]:
+        book = loop.faults
+        return {
+            "active": [f.as_dict() for f in book.active.values()],
+            "cleared": [f.as_dict() for f in reversed(book.history)],
+        }
+
+    return {"faults": Command(NoArguments, faults)}
 
 
 def install_signal_handlers(loop: ControlLoop) -> None:

@@ -61,6 +61,33 @@ def _cmd_limit(args: argparse.Namespace) -> int:
     return int(args.limit_func(_socket_path(args), args))
 
 
+def _cmd_faults(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    answer = request(_socket_path(args), "faults")
+    if not answer.get("ok"):
+        print(f"evsite: {answer.get('error')}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"active": answer["active"], "cleared": answer["cleared"]}, indent=2))
+        return 0
+    rows = answer["active"] + (answer["cleared"] if args.all else [])
+    if not rows:
+        print("no active faults" if not args.all else "no faults since the service started")
+        return 0
+    table = Table(title="faults", title_justify="left")
+    for col in ("code", "subject", "detail", "raised", "cleared", "times"):
+        table.add_column(col)
+    for f in rows:
+        table.add_row(
+            f["code"], f["subject"], f["detail"], f["raised_at"], f["cleared_at"] or "active",
+            str(f["occurrences"]),
+        )  # fmt: skip
+    Console().print(table)
+    return 0
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from controller.cli.config_check import run_config_check
 
@@ -93,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_status)
 
     limits.add_parser(sub, _add_target, _cmd_limit)
+
+    p = sub.add_parser("faults", help="show active (and with --all, cleared) faults")
+    p.add_argument("--json", action="store_true", help="print active and cleared faults as JSON")
+    p.add_argument("--all", action="store_true", help="include faults cleared since the start")
+    _add_target(p)
+    p.set_defaults(func=_cmd_faults)
 
     p = sub.add_parser("config", help="work with site configuration files")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

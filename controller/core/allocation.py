@@ -214,6 +214,53 @@ def _ev_phases(
     return wired, replace(memory, one_phase_since_s=since)
 
 
+# Fault detection at the connector (EVerest's soft over-current rule; a stuck contactor).
+OVERCURRENT_FACTOR = 1.1
+OVERCURRENT_OFFSET_A = 0.5
+OVERCURRENT_AFTER_S = 7.0
+STRAY_CURRENT_A = 1.0
+STRAY_AFTER_S = 2.0
+
+
+def _watch_device(
+    conn: Connector,
+    reading: EvseReading,
+    *,
+    draw: Triple,
+    written: float | None,
+    mem: ConnectorMemory,
+    now: float,
+    faults: list[Condition],
+) -> ConnectorMemory:
+    """Raise ``ev_overcurrent`` when the EV draws more than its limit + 10 % + 0.5 A for 7 s,
+    and ``stuck_contactor`` when current flows while the EVSE says no car or not charging."""
+    peak = max(draw)
+    applied = written if written is not None else mem.limit_a
+    over = reading.state.charging and peak > applied * OVERCURRENT_FACTOR + OVERCURRENT_OFFSET_A
+    over_since = (
+        (mem.overdraw_since_s if mem.overdraw_since_s is not None else now) if over else None
+    )
+    if over_since is not None and now - over_since >= OVERCURRENT_AFTER_S:
+        faults.append(
+            Condition(
+                code="ev_overcurrent",
+                subject=conn.id,
+                detail=f"draws {peak:.1f} A against a limit of {applied:.1f} A",
+            )
+        )
+    stray = not reading.state.charging and peak > STRAY_CURRENT_A
+    stray_since = (mem.stray_since_s if mem.stray_since_s is not None else now) if stray else None
+    if stray_since is not None and now - stray_since >= STRAY_AFTER_S:
+        faults.append(
+            Condition(
+                code="stuck_contactor",
+                subject=conn.id,
+                detail=f"{peak:.1f} A flows in state {reading.state.value}",
+            )
+        )
+    return replace(mem, overdraw_since_s=over_since, stray_since_s=stray_since)
+
+
 def _fresh(site: Site, snap: Snapshot, conn: Connector) -> EvseReading | None:
     reading = snap.evses.get(conn.id)
     if reading is None or snap.now_s - reading.at_s > site.control.evse_stale_s:
@@ -304,6 +351,10 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
             for node_id in topo.path[conn.circuit]:
                 for p in range(3):
                     subtract[node_id][p] += draw[p]
+        if reading is not None:
+            mem = _watch_device(
+                conn, reading, draw=draw, written=written, mem=mem, now=now, faults=faults
+            )
         if not vehicle and mem.vehicle:  # unplugged: the session's memory ends
             mem = replace(
                 mem,

@@ -180,6 +180,8 @@ class ConnectorMemory:
     one_phase_since_s: float | None = None
     underuse_since_s: float | None = None
     vehicle: bool = False
+    overdraw_since_s: float | None = None  # drawing above its limit (fault detection)
+    stray_since_s: float | None = None  # current while not charging (fault detection)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -110,3 +110,19 @@ def test_increases_ramp_and_wait_for_the_ev_decreases_go_out_at_once(
     # A load step: the decrease goes out at once, whatever the ramp.
     a3 = allocate(s, snap(8, (37.0, 37.0, 37.0), {"a": ("C", drawing)}), a2)  # 25 A non-EV
     assert a3.current_a("a") == 7.0
+
+
+def test_ev_overcurrent_after_7_s_and_stuck_contactor_after_2_s() -> None:
+    s = site([evse("a"), evse("b")], rating_a=63)
+    prev = None
+    over = (17.0, 17.0, 17.0)  # limit 10 A: 10 * 1.1 + 0.5 = 11.5 A allowed
+    for t in range(10):
+        prev = allocate(
+            s,
+            snap(100 + t, (20.0 + 0.01 * t,) * 3, {"a": ("C", over), "b": ("A", (3.0, 0, 0))},
+                 written={"a": 10.0, "b": 0.0}),
+            prev,
+        )  # fmt: skip
+        codes = {(f.code, f.subject) for f in prev.faults}
+        assert (("ev_overcurrent", "a") in codes) == (t >= 7), t
+        assert (("stuck_contactor", "b") in codes) == (t >= 2), t

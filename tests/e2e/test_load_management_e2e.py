@@ -6,6 +6,7 @@ the currents ramp back up rather than jump."""
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ def test_fair_then_priority_then_fallback_and_recovery(tmp_path: Path) -> None:
         recovered = ctl.status()
         assert recovered["mode"] == "normal"
         assert not any(f["code"] == "meter_stale" for f in recovered["faults"])
+        faults = json.loads(ctl.cli("faults", "--json").stdout)
+        cleared = [f for f in faults["cleared"] if f["code"] == "meter_stale"]
+        assert cleared and cleared[0]["subject"] == "grid_meter" and cleared[0]["cleared_at"]
         _wait_until(sim, 56.0)
     trace = read_trace(tmp_path / "trace.jsonl")
 
