@@ -45,7 +45,13 @@ from controller.core.site import (
 )
 from controller.core.slots import TouPeriod
 from drivers.modbus.registermap import DeviceKind, load_map_file
-from drivers.registry import EVSE_DRIVERS, GENERIC_EVSE, GENERIC_METER, METER_DRIVERS
+from drivers.registry import (
+    EVSE_DRIVERS,
+    GENERIC_EVSE,
+    GENERIC_METER,
+    METER_DRIVERS,
+    capabilities,
+)
 
 __all__ = [
     "ROOT_CIRCUIT_ID",
@@ -167,9 +173,9 @@ def _fallback_loads(
         under = [k for k in connectors if circuit.id in chains[k.id]]
         for phase in PHASES:
             drawing = tuple(
-                (k.id, k.fallback_current_a)
+                (k.id, k.orphaned_current_a)
                 for k in under
-                if phase in k.grid_phases and k.fallback_current_a > 0
+                if phase in k.grid_phases and k.orphaned_current_a > 0
             )
             loads.append(
                 FallbackLoad(
@@ -551,6 +557,7 @@ class _EvseModel(BaseModel):
     fallback_current_a: float = Field(default=6.0, ge=0)
     priority_tier: int = Field(default=0, ge=0)
     ev_kind: Literal["auto", "1p", "3p"] = "auto"
+    unwatched_cap_a: float | None = Field(default=None, ge=0)
 
 
 _DeviceModel = _MeterModel | _EvseModel
@@ -563,6 +570,7 @@ class _ControlModel(BaseModel):
     fallback_after_s: float = Field(default=10.0, gt=0)
     evse_stale_s: float = Field(default=5.0, gt=0)
     meter_frozen_s: float = Field(default=ControlSettings().meter_frozen_s, gt=0)
+    cap_unwatched: bool = True
 
 
 # The defaults are the core's own, so the file format and the engine cannot drift apart.
@@ -1013,6 +1021,7 @@ class _Loader:
         if grid_m is not None:
             self.check_grid_export(grid_m)
         self.check_buses([*meters, *evses], control)
+        self.cap_unwatched = control_m.cap_unwatched if control_m is not None else True
         meter_specs = tuple(self.device_spec(path, m) for path, m in meters)
         connectors = [self.connector(path, e) for path, e in evses]
         tree = None
@@ -1427,7 +1436,40 @@ class _Loader:
             fallback_current_a=fallback,
             priority_tier=e.priority_tier,
             ev_kind=self.ev_kind(path, e),
+            unwatched_cap_a=self.unwatched_cap(path, e, spec.options),
         )
+
+    def unwatched_cap(
+        self, path: KeyPath, e: _EvseModel, options: Mapping[str, object]
+    ) -> float | None:
+        """An EVSE without a controller watchdog keeps its last limit if evsite dies: cap it."""
+        ref = options.get("register_map")
+        try:
+            caps = capabilities(e.driver, register_map=ref if isinstance(ref, str) else None)
+        except ConfigError:
+            return None  # an unknown driver or a bad map is reported elsewhere
+        if caps.has_watchdog:
+            if e.unwatched_cap_a is not None:
+                self.warn(
+                    (*path, "unwatched_cap_a"),
+                    f"ignored: {e.driver} has a watchdog that applies the fallback current",
+                )
+            return None
+        if not self.cap_unwatched:
+            self.warn(
+                (*path, "driver"),
+                f"{caps.model} has no controller watchdog and control.cap_unwatched is off: if "
+                f"evsite dies it keeps its last limit (up to {_n(e.max_current_a)} A), which "
+                "the fallback check cannot cover",
+            )
+            return None
+        cap = e.unwatched_cap_a if e.unwatched_cap_a is not None else e.fallback_current_a
+        self.warn(
+            (*path, "driver"),
+            f"{caps.model} has no controller watchdog: its limit is capped at {_n(cap)} A "
+            "(unwatched_cap_a) so that the site holds if evsite dies",
+        )
+        return cap
 
     def ev_kind(self, path: KeyPath, e: _EvseModel) -> EvKind:
         kind = EvKind(e.ev_kind)

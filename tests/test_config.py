@@ -1683,3 +1683,37 @@ def test_config_check_json(tmp_path: Path) -> None:
         "warnings": [],
         "site": None,
     }
+
+
+def _unwatched_site(tmp_path: Path, control: str, cap: str = "") -> Path:
+    p = tmp_path / "site.yaml"
+    p.write_text(
+        "site: {id: s, timezone: Europe/Berlin, nominal_voltage_v: 230}\n"
+        "grid: {rating_a: 40, margin_a: 0, meter: m}\n"
+        "meters:\n"
+        "  - {id: m, driver: eastron_sdm630, transport: {type: tcp, host: 10.0.0.2}}\n"
+        "evses:\n"
+        "  - {id: b1, driver: bender_cc612, transport: {type: tcp, host: 10.0.0.3},\n"
+        f"     unit_id: 255, fallback_current_a: 6{cap}}}\n"
+        "  - {id: b2, driver: bender_cc612, transport: {type: tcp, host: 10.0.0.4},\n"
+        "     unit_id: 255, fallback_current_a: 6}\n"
+        f"{control}"
+    )
+    return p
+
+
+def test_evse_without_watchdog_is_capped_and_counted_at_its_cap(tmp_path: Path) -> None:
+    loaded = load_config(_unwatched_site(tmp_path, "", ", unwatched_cap_a: 16"))
+    caps = {k.id: k.unwatched_cap_a for k in loaded.site.connectors}
+    assert caps == {"b1": 16.0, "b2": 6.0}  # default: its fallback current
+    assert any("no controller watchdog" in w and "capped at 16 A" in w for w in loaded.warnings)
+    # I5 counts each at what it may still hold when evsite dies: 16 + 6 <= 40 fits, 36 + 6 not.
+    with pytest.raises(ConfigError) as err:
+        load_config(_unwatched_site(tmp_path, "", ", max_current_a: 40, unwatched_cap_a: 36"))
+    assert any("fallback currents do not fit" in p and "b1 36 A" in p for p in err.value.problems)
+
+
+def test_uncapped_evse_without_watchdog_is_a_loud_warning(tmp_path: Path) -> None:
+    loaded = load_config(_unwatched_site(tmp_path, "control: {cap_unwatched: false}\n"))
+    assert all(k.unwatched_cap_a is None for k in loaded.site.connectors)
+    assert any("control.cap_unwatched is off" in w for w in loaded.warnings)

@@ -420,6 +420,9 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
             if session is not None and session.priority_tier is not None
             else conn.priority_tier
         )
+        top_a, top_bound = conn.max_current_a, Bound.CONNECTOR_MAX
+        if conn.unwatched_cap_a is not None and conn.unwatched_cap_a < top_a:
+            top_a, top_bound = conn.unwatched_cap_a, Bound.UNWATCHED_CAP
         cands.append(
             _Cand(
                 conn=conn,
@@ -429,7 +432,8 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
                 phases=phases,
                 tier=tier,
                 lo=conn.min_current_a,
-                hi=conn.max_current_a,
+                hi=top_a,
+                hi_bound=top_bound,
                 mode=cmode,
             )
         )

@@ -104,6 +104,7 @@ class Bound(StrEnum):
     SLOT = "slot"  # a limit slot (see ``slot``): OCPP, demand response, time of use, override
     UNBALANCE = "unbalance"  # the unbalanced-load limit between grid phases
     CONNECTOR_MAX = "connector_max"  # min(EVSE max, cable, configured max)
+    UNWATCHED_CAP = "unwatched_cap"  # no EVSE watchdog: capped so the site holds without us
     EV_USES_LESS = "ev_uses_less"  # the EV draws well below its limit: the rest went to others
     BELOW_MIN = "below_min"  # its minimum does not fit (see node/phase/slot): paused
     ROTATION = "rotation"  # paused so that another connector of its tier gets a turn

@@ -86,6 +86,17 @@ class Connector:
     priority_tier: int = 0
     # What the EV at this connector draws on: configured, or detected from measurement.
     ev_kind: EvKind = EvKind.AUTO
+    # For an EVSE without a controller watchdog (it keeps its last limit if evsite dies): the
+    # highest limit it is ever given, so the site still holds then (control.cap_unwatched).
+    unwatched_cap_a: float | None = None
+
+    @property
+    def orphaned_current_a(self) -> float:
+        """The most this connector can draw while the controller is gone: its fallback current,
+        or for an EVSE without a watchdog the highest limit it may still hold."""
+        if self.unwatched_cap_a is None:
+            return self.fallback_current_a
+        return max(self.fallback_current_a, self.unwatched_cap_a)
 
     @property
     def phase_count(self) -> int:
