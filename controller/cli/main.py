@@ -45,7 +45,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(status, indent=2))
         else:
-            Console().print(render_status(status))
+            console = Console()
+            if not console.is_terminal:  # a pipe or a log: do not wrap at 80 columns
+                console = Console(width=120)
+            console.print(render_status(status))
         return 0
     console = Console()
     with Live(console=console, refresh_per_second=4, screen=False) as live:
