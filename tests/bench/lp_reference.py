@@ -49,14 +49,14 @@ def _highs() -> highspy.Highs:
     `make bench` prints JSON lines there, so that one construction writes to /dev/null."""
     global _banner_shown  # noqa: PLW0603
     if _banner_shown:
-        h = highspy.Highs()
+        h = highspy.Highs()  # type: ignore[no-untyped-call]
     else:
         sys.stdout.flush()
         saved = os.dup(1)
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(devnull, 1)
-            h = highspy.Highs()
+            h = highspy.Highs()  # type: ignore[no-untyped-call]
         finally:
             os.dup2(saved, 1)
             os.close(saved)
@@ -139,14 +139,14 @@ def maxmin_fair(
         level = float(sol.col_value[t_col])
         duals = np.abs(np.asarray(sol.row_dual[m:], dtype=np.float64))
         newly = np.flatnonzero(unfrozen & (duals > _DUAL_TOL))
-        for i in newly:
-            fix(int(i), level)
+        for i in newly.tolist():
+            fix(i, level)
         if freeze == "dual" and newly.size:
             continue
         # Probe: can connector i get above t while every other unfrozen one keeps t?
         h.changeColCost(t_col, 0.0)
         h.changeColBounds(t_col, level, level)
-        for i in map(int, np.flatnonzero(unfrozen)):
+        for i in np.flatnonzero(unfrozen).tolist():
             if lo_a[i] > level + _PROBE_TOL:
                 continue  # above t by its own minimum
             h.changeColCost(i, 1.0)

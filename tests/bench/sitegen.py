@@ -199,8 +199,8 @@ def kernel_instance(connectors: int, seed: int = 1) -> KernelInstance:
     for i in range(connectors):
         cid = f"cp{i}"
         rotation = rng.choice(ROTATIONS)
-        lo = rng.choice(_MINIMA_A)
-        hi = max(lo, rng.choice(_MAXIMA_A))
+        min_a = rng.choice(_MINIMA_A)
+        max_a = max(min_a, rng.choice(_MAXIMA_A))
         spec = DeviceSpec(
             id=cid, driver="alfen_ng9xx", transport=TcpTransport(host="10.0.0.1"), unit_id=1
         )
@@ -210,8 +210,8 @@ def kernel_instance(connectors: int, seed: int = 1) -> KernelInstance:
                 evse=spec,
                 circuit=sub_ids[i % len(sub_ids)] if i < len(sub_ids) else rng.choice(sub_ids),
                 grid_phases=rotation,
-                min_current_a=lo,
-                max_current_a=hi,
+                min_current_a=min_a,
+                max_current_a=max_a,
                 fallback_current_a=0.0,
                 priority_tier=0,
                 ev_kind=EvKind.THREE_PHASE if len(rotation) == 3 else EvKind.ONE_PHASE,
