@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m hil", description="evsite simulated charge site"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="serve a scenario on loopback Modbus TCP")
+    run = commands.add_parser("run", help="serve a scenario on loopback Modbus TCP and RS-485 ptys")
     run.add_argument("scenario", help="scenario file, or the name of a shipped one (e.g. demo)")
     run.add_argument(
         "--port-base", type=int, default=0, help="first port (0: free ports from the OS)"
@@ -93,7 +93,7 @@ async def _run(args: argparse.Namespace) -> int:
             out = _write_site_config(site, args.site_config_out, args.state_dir, args.runtime_dir)
             print(f"hil ready {out}", flush=True)
         else:
-            print(f"hil ready {json.dumps(site.ports)}", flush=True)
+            print(f"hil ready {json.dumps({**site.ports, **site.serial_ports})}", flush=True)
         status_task = (
             asyncio.create_task(_status(site, args.status_every)) if args.status_every > 0 else None
         )

@@ -1,7 +1,9 @@
 """hil: scenario files (YAML) -> validated, typed scenario values.
 
 A scenario scripts one simulated site: the grid connection, the building's own load, the EVSEs
-(Alfen NG9xx sockets) and the EVs that visit them. The format is documented in hil/README.md.
+(Alfen NG9xx sockets by default; Heidelberg, Bender, Vestel, Phoenix and Schneider models too)
+and the EVs that visit them, and how each device is reached: its own loopback Modbus TCP port,
+or an RS-485 line (a pty, several unit ids on it). The format is documented in hil/README.md.
 Loading is strict: unknown keys and wrong types are errors naming their location, so a typo
 in a test scenario cannot silently change what the test exercises.
 """
@@ -22,6 +24,20 @@ SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 PHASES = 3
 MIN_CHARGE_CURRENT_A = 6.0
 DEFAULT_CONTROL: Mapping[str, float] = {"tick_s": 1, "meter_stale_s": 3, "fallback_after_s": 10}
+
+# EVSE models the site can simulate -> (default unit id, links it has, has a watchdog).
+EVSE_MODELS: Mapping[str, tuple[int, frozenset[str], bool]] = {
+    "alfen": (1, frozenset({"tcp"}), True),
+    "heidelberg": (1, frozenset({"rtu"}), True),
+    "bender": (255, frozenset({"tcp"}), False),
+    "vestel": (255, frozenset({"tcp"}), True),
+    "phoenix_ev_eth": (255, frozenset({"tcp"}), False),
+    "phoenix_charx": (1, frozenset({"tcp"}), False),
+    "schneider": (255, frozenset({"tcp"}), True),
+}
+METER_MODELS = ("sdm630",)
+HEIDELBERG_MAX_CURRENT_A = 16.0  # the box's hardware maximum (IR 100)
+PARITIES = ("N", "E", "O")
 
 
 class ScenarioError(ValueError):
@@ -72,10 +88,11 @@ class EvSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EvseSpec:
-    """One Alfen socket: its wiring to the grid phases, station limits and its EV visits.
+    """One EVSE: its model and link, its wiring to the grid phases, limits and EV visits.
 
     `grid_phases[i]` is the grid phase index (0 = L1) that the connector's phase i is wired to;
-    its length is the number of phases the EVSE has (1 or 3).
+    its length is the number of phases the EVSE has (1 or 3). `line` names the RS-485 line it
+    sits on (None: its own Modbus TCP port).
     """
 
     id: str
@@ -83,20 +100,46 @@ class EvseSpec:
     grid_phases: tuple[int, ...]
     max_current_a: float
     safe_current_a: float
+    model: str = "alfen"
+    line: str | None = None
     validity_time_s: float = 60.0
+    # the watchdog of a Heidelberg (HR 257), Vestel (failsafe timeout) or Schneider (life bit);
+    # None: the model's factory value. The Alfen's is validity_time_s.
+    watchdog_timeout_s: float | None = None
     unit_id: int = 1
     min_current_a: float = MIN_CHARGE_CURRENT_A
     priority_tier: int = 0
+    # copied into the config for models without a watchdog (None: the config's default)
+    unwatched_cap_a: float | None = None
+    timeout_s: float = 0.5
     evs: tuple[EvSpec, ...] = ()
+
+    @property
+    def has_watchdog(self) -> bool:
+        return EVSE_MODELS[self.model][2]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MeterSpec:
-    """The SDM630 grid meter's Modbus identity and its register start value."""
+    """The grid meter (an SDM630): its Modbus identity, link and register start value."""
 
     unit_id: int = 1
     timeout_s: float = 0.5
     initial_import_kwh: float = 0.0
+    model: str = "sdm630"
+    line: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LineSpec:
+    """An RS-485 line (a pty): its settings, which every device on it is configured for."""
+
+    id: str
+    baudrate: int = 19200
+    parity: str = "E"
+    stopbits: int = 1
+    # the devices' reply delay after a request's t3.5 (real devices: a few ms to 100 ms)
+    turnaround_s: float = 0.005
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,7 +153,14 @@ class Scenario:
     evses: tuple[EvseSpec, ...]
     meter: MeterSpec = MeterSpec()
     control: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_CONTROL))
+    lines: tuple[LineSpec, ...] = ()
     source_path: Path | None = None
+
+    def line(self, line_id: str) -> LineSpec:
+        for line in self.lines:
+            if line.id == line_id:
+                return line
+        raise KeyError(line_id)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -161,18 +211,30 @@ def scenario_from_dict(data: object, *, source_path: Path | None = None) -> Scen
     )
     site.done()
     building = _building(top.obj("building"))
+    lines = tuple(
+        _line(_Obj(item, f"lines[{i}]")) for i, item in enumerate(top.items("lines", default=[]))
+    )
+    line_ids = [line.id for line in lines]
+    if len(set(line_ids)) != len(line_ids):
+        raise ScenarioError("lines: ids must be unique")
     evse_list = top.items("evses")
     evses = tuple(_evse(_Obj(item, f"evses[{i}]")) for i, item in enumerate(evse_list))
     ids = [e.id for e in evses]
     if len(set(ids)) != len(ids) or "grid_meter" in ids:
         raise ScenarioError("evses: ids must be unique and not 'grid_meter'")
     meter_obj = top.obj("grid_meter", optional=True)
+    meter_model = meter_obj.text("model", default="sdm630")
+    if meter_model not in METER_MODELS:
+        raise ScenarioError(f"grid_meter.model: one of {', '.join(METER_MODELS)}")
     meter = MeterSpec(
         unit_id=meter_obj.integer("unit_id", default=1, minimum=1, maximum=247),
         timeout_s=meter_obj.number("timeout_s", default=0.5, positive=True),
         initial_import_kwh=meter_obj.number("initial_import_kwh", default=0.0, minimum=0.0),
+        model=meter_model,
+        line=meter_obj.raw("line", default=None),
     )
     meter_obj.done()
+    _check_lines(lines, meter, evses)
     control_obj = top.obj("control", optional=True)
     control = dict(DEFAULT_CONTROL)
     for key in list(control_obj.keys()):
@@ -186,6 +248,7 @@ def scenario_from_dict(data: object, *, source_path: Path | None = None) -> Scen
         evses=evses,
         meter=meter,
         control=control,
+        lines=lines,
         source_path=source_path,
     )
     top.done()
@@ -221,15 +284,20 @@ def fallback_headroom_a(scenario: Scenario) -> tuple[float, float, float]:
     """Per grid phase: rating - margin - worst building load - sum of fallback currents.
 
     The controller refuses a config where any of these is negative (invariant I5), so the
-    shipped scenarios keep all three >= 0.
+    shipped scenarios keep all three >= 0. An EVSE without a watchdog counts at the higher of
+    its fallback current and its ``unwatched_cap_a`` (it keeps its last limit if the controller
+    dies; the controller caps it at its fallback current when no cap is given).
     """
     site = scenario.site
     headroom = [
         site.grid_rating_a - site.grid_margin_a - w for w in worst_building_current_a(scenario)
     ]
     for evse in scenario.evses:
+        orphaned = evse.safe_current_a
+        if not evse.has_watchdog and evse.unwatched_cap_a is not None:
+            orphaned = max(orphaned, evse.unwatched_cap_a)
         for grid_phase in evse.grid_phases:
-            headroom[grid_phase] -= evse.safe_current_a
+            headroom[grid_phase] -= orphaned
     return (headroom[0], headroom[1], headroom[2])
 
 
@@ -256,17 +324,83 @@ def _building(obj: _Obj) -> BuildingSpec:
     return spec
 
 
+def _line(obj: _Obj) -> LineSpec:
+    parity = obj.text("parity", default="E")
+    if parity not in PARITIES:
+        raise ScenarioError(f"{obj.where}parity: one of N, E, O")
+    stopbits = obj.integer("stopbits", default=1, minimum=1, maximum=2)
+    spec = LineSpec(
+        id=obj.text("id"),
+        baudrate=obj.integer("baudrate", default=19200, minimum=1200, maximum=230400),
+        parity=parity,
+        stopbits=stopbits,
+        turnaround_s=obj.number("turnaround_s", default=0.005, minimum=0.0),
+    )
+    obj.done()
+    return spec
+
+
+def _check_lines(
+    lines: tuple[LineSpec, ...], meter: MeterSpec, evses: tuple[EvseSpec, ...]
+) -> None:
+    """Every line named exists; unit ids are unique on a line; only RS-485 models sit on one."""
+    known = {line.id for line in lines}
+    used: dict[str, dict[int, str]] = {line.id: {} for line in lines}
+    members: list[tuple[str, str | None, int]] = [("grid_meter", meter.line, meter.unit_id)]
+    members += [(f"evses[{e.id}]", e.line, e.unit_id) for e in evses]
+    if meter.line is not None and not isinstance(meter.line, str):
+        raise ScenarioError("grid_meter.line: expected a line id")
+    for where, line, unit in members:
+        if line is None:
+            continue
+        if line not in known:
+            raise ScenarioError(f"{where}.line: no line {line!r} in lines")
+        if not 1 <= unit <= 247:
+            raise ScenarioError(f"{where}.unit_id: {unit} is not an RS-485 address (1..247)")
+        if unit in used[line]:
+            raise ScenarioError(
+                f"{where}.unit_id: {unit} on line {line} is taken by {used[line][unit]}"
+            )
+        used[line][unit] = where
+
+
 def _evse(obj: _Obj) -> EvseSpec:
     evse_id = obj.text("id")
+    model = obj.text("model", default="alfen")
+    if model not in EVSE_MODELS:
+        raise ScenarioError(f"{obj.where}model: one of {', '.join(EVSE_MODELS)}")
+    default_unit, links, has_watchdog = EVSE_MODELS[model]
+    line = obj.raw("line", default=None)
+    if line is not None and not isinstance(line, str):
+        raise ScenarioError(f"{obj.where}line: expected a line id")
+    if line is not None and "rtu" not in links:
+        raise ScenarioError(f"{obj.where}line: a {model} is reached over Modbus TCP only")
+    if line is None and "tcp" not in links:
+        raise ScenarioError(f"{obj.where}line: a {model} sits on an RS-485 line (give line)")
     rotation = obj.text("phase_rotation", default="L1L2L3")
     try:
         grid_phases = parse_phase_rotation(rotation)
     except ScenarioError as exc:
         raise ScenarioError(f"{obj.where}{exc}") from exc
     max_current_a = obj.number("max_current_a", positive=True)
+    if model == "heidelberg" and max_current_a > HEIDELBERG_MAX_CURRENT_A:
+        raise ScenarioError(f"{obj.where}max_current_a: a Heidelberg takes at most 16 A")
     safe_current_a = obj.number("safe_current_a", default=MIN_CHARGE_CURRENT_A, minimum=0.0)
     if safe_current_a > max_current_a:
         raise ScenarioError(f"{obj.where}safe_current_a: above max_current_a")
+    watchdog = obj.raw("watchdog_timeout_s", default=None)
+    if watchdog is not None:
+        if model == "alfen" or not has_watchdog:
+            what = "validity_time_s" if model == "alfen" else "nothing: it has no watchdog"
+            raise ScenarioError(f"{obj.where}watchdog_timeout_s: a {model} takes {what}")
+        watchdog = obj.number("watchdog_timeout_s", positive=True)
+    if obj.has("validity_time_s") and model != "alfen":
+        raise ScenarioError(f"{obj.where}validity_time_s: Alfen only (see watchdog_timeout_s)")
+    cap = obj.raw("unwatched_cap_a", default=None)
+    if cap is not None:
+        if has_watchdog:
+            raise ScenarioError(f"{obj.where}unwatched_cap_a: a {model} has a watchdog")
+        cap = obj.number("unwatched_cap_a", minimum=0.0)
     visits: list[EvSpec] = []
     if obj.has("ev") and obj.has("evs"):
         raise ScenarioError(f"{obj.where}: give either ev or evs, not both")
@@ -289,10 +423,15 @@ def _evse(obj: _Obj) -> EvseSpec:
         grid_phases=grid_phases,
         max_current_a=max_current_a,
         safe_current_a=safe_current_a,
+        model=model,
+        line=line,
         validity_time_s=obj.number("validity_time_s", default=60.0, positive=True),
-        unit_id=obj.integer("unit_id", default=1, minimum=1, maximum=247),
+        watchdog_timeout_s=watchdog,
+        unit_id=obj.integer("unit_id", default=default_unit, minimum=1, maximum=255),
         min_current_a=obj.number("min_current_a", default=MIN_CHARGE_CURRENT_A, positive=True),
         priority_tier=obj.integer("priority_tier", default=0, minimum=0),
+        unwatched_cap_a=cap,
+        timeout_s=obj.number("timeout_s", default=0.5, positive=True),
         evs=tuple(visits),
     )
     obj.done()

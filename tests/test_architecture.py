@@ -47,10 +47,12 @@ def test_core_imports_no_io_clock_or_logging() -> None:
     for path in _core_files():
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            elif node.module and node.level == 0:
                 names = [node.module]
             for name in names:
                 if name.split(".")[0] in FORBIDDEN_MODULES:

@@ -6,11 +6,14 @@ and that group can talk to it.
 
 Each request is ``{"cmd": NAME, ...arguments}``; commands are dispatched through a mapping of
 name -> (pydantic payload model, handler). A payload is validated whole before its handler runs,
-so a bad request changes nothing. Answers are ``{"ok": true, ...}`` or
-``{"ok": false, "error": "...", "field": "current_a"}`` (``field`` when one input is at fault).
+so a bad request changes nothing. A handler may be a coroutine function (a bus scan takes
+seconds): each connection is served on its own task, so the others are not held up. Answers
+are ``{"ok": true, ...}`` or ``{"ok": false, "error": "...", "field": "current_a"}`` (``field``
+when one input is at fault).
 
 Commands: ``ping``, ``status``, and with a SlotBook ``limit_set``, ``limit_clear``,
-``limit_list`` (technician overrides, `evsite limit`).
+``limit_list`` (technician overrides, `evsite limit`); the service adds ``faults``
+(controller.app.service) and ``bus_scan`` / ``device_read`` (controller.app.device_commands).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import inspect
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -58,7 +62,7 @@ class Command(Generic[P]):
     """One socket command: the model its arguments must pass, and what to do with them."""
 
     payload: type[P]
-    run: Callable[[P], Answer]
+    run: Callable[[P], Answer | Awaitable[Answer]]
 
 
 # Arguments arrive as JSON from the CLI (or a script): strict types, nothing unknown.
@@ -139,7 +143,7 @@ class ControlSocket:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                writer.write(json.dumps(self._answer(line)).encode() + b"\n")
+                writer.write(json.dumps(await self._answer(line)).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
@@ -148,7 +152,7 @@ class ControlSocket:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    def _answer(self, line: bytes) -> Answer:
+    async def _answer(self, line: bytes) -> Answer:
         try:
             request = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -165,7 +169,10 @@ class ControlSocket:
         except ValidationError as exc:
             return _invalid(exc)
         try:
-            return {"ok": True, **command.run(payload)}
+            result = command.run(payload)
+            if inspect.isawaitable(result):
+                result = await result
+            return {"ok": True, **result}
         except CommandRefused as exc:
             answer: Answer = {"ok": False, "error": exc.message}
             if exc.field is not None:

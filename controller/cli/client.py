@@ -14,6 +14,14 @@ class ServiceUnreachable(EvsiteError):
     """The service's socket is missing, refused us, or answered garbage."""
 
 
+class ServiceNotRunning(ServiceUnreachable):
+    """No service listens on the socket (no socket file, or a stale one nobody accepts on).
+
+    The technician tools then open the line themselves; any other failure (permission denied,
+    a hung service) must not make them do that: the service may be driving the bus.
+    """
+
+
 def request(path: Path, cmd: str, *, timeout_s: float = 3.0, **args: Any) -> dict[str, Any]:
     """Send one request and return the response object (raises ServiceUnreachable)."""
     try:
@@ -27,8 +35,8 @@ def request(path: Path, cmd: str, *, timeout_s: float = 3.0, **args: Any) -> dic
                 if not chunk:
                     break
                 buf += chunk
-    except FileNotFoundError as exc:
-        raise ServiceUnreachable(f"no evsite socket at {path}: is the service running?") from exc
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise ServiceNotRunning(f"no evsite socket at {path}: is the service running?") from exc
     except PermissionError as exc:
         raise ServiceUnreachable(
             f"permission denied on {path}: join the socket's group (see README) or use sudo"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from controller import __version__
-from controller.cli import limits
+from controller.cli import devices, limits
 from controller.cli.client import ServiceUnreachable, request
 from controller.core.errors import ConfigError
 
@@ -62,6 +62,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_limit(args: argparse.Namespace) -> int:
     return int(args.limit_func(_socket_path(args), args))
+
+
+def _cmd_tool(args: argparse.Namespace) -> int:
+    return int(args.tool_func(_socket_path(args), args))
 
 
 def _cmd_faults(args: argparse.Namespace) -> int:
@@ -129,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="include faults cleared since the start")
     _add_target(p)
     p.set_defaults(func=_cmd_faults)
+
+    devices.add_parser(sub, _add_target, _cmd_tool)
 
     p = sub.add_parser("config", help="work with site configuration files")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

@@ -86,6 +86,18 @@ class BusPool:
         for client in buses:
             await client.close()
 
+    def find(self, transport: Transport) -> ModbusClient | None:
+        """The client already driving ``transport``'s bus, None when no device uses it.
+
+        The technician tools use it to go through the bus's one owner (``evsite bus scan``
+        while the service runs) instead of opening the line a second time.
+        """
+        return self._buses.get(bus_key(transport))
+
+    def users(self, transport: Transport) -> int:
+        """How many devices share ``transport``'s bus."""
+        return self._users.get(bus_key(transport), 0)
+
     def __len__(self) -> int:
         return len(self._buses)
 

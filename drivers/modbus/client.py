@@ -8,7 +8,9 @@ reconnect is switched off, so there is one owner of the connection).
 
 Each call is bounded twice: pymodbus waits ``timeout_s`` per attempt with ``retries`` explicit
 (default 0), and the whole call, connect included, is cut by ``asyncio.wait_for`` at
-1.5 x the attempts' budget, so a silent device costs its own timeout and never more.
+1.5 x the attempts' budget, so a silent device costs its own timeout and never more. A read may
+ask for a shorter timeout of its own (``evsite bus scan`` probes absent unit ids at 0.1 s on a
+bus whose devices are polled at 0.5 s): the bus's lock is held, so nothing else is in flight.
 
 Every pymodbus failure becomes a core error: ``DeviceUnavailable`` (retryable: no answer,
 timeout, connection, garbage, busy/gateway exception codes) or ``DeviceError`` (permanent: the
@@ -159,7 +161,11 @@ class ModbusClient:
     @property
     def call_budget_s(self) -> float:
         """The longest one call may take, connect included."""
-        return self._timeout_s * (self._retries + 1) * 1.5
+        return self.budget_for(self._timeout_s)
+
+    def budget_for(self, timeout_s: float) -> float:
+        """The longest one call with a per-attempt ``timeout_s`` may take, connect included."""
+        return timeout_s * (self._retries + 1) * 1.5
 
     def describe(self) -> str:
         return self._transport.describe()
@@ -177,11 +183,19 @@ class ModbusClient:
     # --- the three operations -------------------------------------------------------------
 
     async def read_registers(
-        self, table: Table | str, address: int, count: int, unit_id: int
+        self,
+        table: Table | str,
+        address: int,
+        count: int,
+        unit_id: int,
+        *,
+        timeout_s: float | None = None,
     ) -> list[int]:
         """Read ``count`` registers (FC03 holding / FC04 input) starting at ``address``.
 
         For the coil table (FC01) ``count`` is in coils and each comes back as 0 or 1.
+        ``timeout_s`` replaces the bus's timeout for this one request (a probe of a unit id
+        that is probably absent).
         """
         table = Table(table)
         what = f"read {table.value} {address}+{count}"
@@ -193,7 +207,7 @@ class ModbusClient:
                 return await client.read_coils(address, count=count, device_id=unit_id)
             return await client.read_input_registers(address, count=count, device_id=unit_id)
 
-        response = await self._transact(what, unit_id, call)
+        response = await self._transact(what, unit_id, call, timeout_s=timeout_s)
         if table is Table.COIL:
             # a coil response carries whole bytes: the bits past ``count`` are padding
             registers = [1 if b else 0 for b in list(response.bits)[:count]]
@@ -309,11 +323,20 @@ class ModbusClient:
         self._backoff_s = self._reconnect_delay_s
         return client
 
-    async def _attempt(self, what: str, unit_id: int, call: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def _attempt(
+        self,
+        what: str,
+        unit_id: int,
+        call: Callable[[Any], Awaitable[Any]],
+        timeout_s: float | None = None,
+    ) -> Any:
         where = f"{self.describe()} unit {unit_id}"
         try:
             client = await self._connected()
-            response = await call(client)
+            if timeout_s is None:
+                response = await call(client)
+            else:
+                response = await self._with_timeout(client, timeout_s, call)
         except EvsiteError:
             raise
         except ModbusIOException as exc:
@@ -340,8 +363,39 @@ class ModbusClient:
             raise ModbusRefused(text, function_code=fc, exception_code=code)
         return response
 
+    @staticmethod
+    async def _with_timeout(
+        client: Any, timeout_s: float, call: Callable[[Any], Awaitable[Any]]
+    ) -> Any:
+        """``call`` with pymodbus waiting ``timeout_s`` per attempt instead of the bus's timeout.
+
+        pymodbus 3.16 reads the per-attempt timeout from its transaction manager's parameters
+        at every attempt; we hold the bus lock, so changing it for one call touches no other.
+        Such a call is a probe: its silence does not count towards pymodbus closing a TCP
+        connection after ``retries + 3`` unanswered requests (an absent unit id behind a gateway
+        says nothing about the devices that share the connection).
+        """
+        ctx: Any = getattr(client, "ctx", None)
+        params = getattr(ctx, "comm_params", None)
+        if ctx is None or params is None or not hasattr(params, "timeout_connect"):
+            return await call(client)  # another pymodbus: the outer wait_for still bounds it
+        saved_timeout = params.timeout_connect
+        saved_count = getattr(ctx, "count_until_disconnect", None)
+        params.timeout_connect = timeout_s
+        try:
+            return await call(client)
+        finally:
+            params.timeout_connect = saved_timeout
+            if saved_count is not None:
+                ctx.count_until_disconnect = max(ctx.count_until_disconnect, saved_count)
+
     async def _transact(
-        self, what: str, unit_id: int, call: Callable[[Any], Awaitable[Any]]
+        self,
+        what: str,
+        unit_id: int,
+        call: Callable[[Any], Awaitable[Any]],
+        *,
+        timeout_s: float | None = None,
     ) -> Any:
         lock = self._bind_loop()
         loop = asyncio.get_running_loop()
@@ -351,10 +405,16 @@ class ModbusClient:
                 if delay > 0:
                     await asyncio.sleep(delay)
             budget = self.call_budget_s
+            if timeout_s is not None:
+                budget = self.budget_for(timeout_s)
+                if self._client is None or not self._client.connected:
+                    budget += self._timeout_s  # a short probe still gets a whole connect
             start = loop.time()
             failed = timed_out = True
             try:
-                response = await asyncio.wait_for(self._attempt(what, unit_id, call), budget)
+                response = await asyncio.wait_for(
+                    self._attempt(what, unit_id, call, timeout_s), budget
+                )
                 failed = timed_out = False
                 return response
             except TimeoutError as exc:

@@ -274,6 +274,26 @@ class Condition:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class IdentifyTest:
+    """One test a unit's registers must pass for ``evsite bus scan`` to name this model.
+
+    Either ``condition`` (a value, a list of values, a range) or ``known_state``: the value is
+    one that the field's ``states`` maps to an IEC letter.
+    """
+
+    field: str
+    condition: Condition | None = None
+    known_state: bool = False
+
+    def holds(self, field: Field, value: Value | None) -> bool:
+        if value is None:
+            return False
+        if self.known_state:
+            return field.state_letter(value) is not None
+        return self.condition is not None and self.condition.holds(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StateRule:
     """``state`` applies when every condition holds (no condition: always; the last resort)."""
 
@@ -369,6 +389,8 @@ class RegisterMap:
     evse: EvseSpec | None = None
     link: LinkSpec = LinkSpec()
     address_base: AddressBase | None = None
+    # what makes a unit this model for ``evsite bus scan`` (every test holds); () never probed
+    identify: tuple[IdentifyTest, ...] = ()
 
     @property
     def has_watchdog(self) -> bool:
@@ -594,6 +616,7 @@ _MAP_KEYS = frozenset(
         "evse",
         "link",
         "address_base",
+        "identify",
     }
 )
 _FIELD_KEYS = frozenset(
@@ -1068,6 +1091,37 @@ def _parse_condition(fname: str, test: object, where: str, problems: _Problems) 
     return Condition(field=fname, values=frozenset(values))
 
 
+def _parse_identify(
+    raw: object, by_name: Mapping[str, Field], problems: _Problems
+) -> tuple[IdentifyTest, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping) or not raw:
+        problems.add("identify", "must be a mapping {field: value | [values] | {min, max}}")
+        return ()
+    tests: list[IdentifyTest] = []
+    for fname, test in raw.items():
+        f = by_name.get(fname) if isinstance(fname, str) else None
+        if f is None:
+            problems.add("identify", f"field {fname!r} is not defined in fields")
+            continue
+        if f.table is Table.COIL:
+            problems.add("identify", f"field {fname!r}: a coil cannot identify a model")
+            continue
+        if isinstance(test, Mapping) and "known" in test:
+            if dict(test) != {"known": True}:
+                problems.add("identify", f"{fname}: the state test is {{known: true}}")
+            elif f.states is None:
+                problems.add("identify", f"{fname}: {{known: true}} needs a field with states")
+            else:
+                tests.append(IdentifyTest(field=fname, known_state=True))
+            continue
+        cond = _parse_condition(fname, test, "identify", problems)
+        if cond is not None:
+            tests.append(IdentifyTest(field=fname, condition=cond))
+    return tuple(tests)
+
+
 def _parse_link(raw: object, problems: _Problems) -> LinkSpec:
     if raw is None:
         return LinkSpec()
@@ -1233,6 +1287,7 @@ def parse_map(data: object, *, name: str, source: str) -> RegisterMap:
 
     link = _parse_link(data.get("link"), problems)
     address_base = _parse_address_base(data.get("address_base"), problems)
+    identify = _parse_identify(data.get("identify"), by_name, problems)
 
     evse: EvseSpec | None = None
     required: tuple[str, ...]
@@ -1280,6 +1335,7 @@ def parse_map(data: object, *, name: str, source: str) -> RegisterMap:
         evse=evse,
         link=link,
         address_base=address_base,
+        identify=identify,
     )
 
 

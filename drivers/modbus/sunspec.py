@@ -13,6 +13,7 @@ feeds it registers from the bus.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from controller.core.errors import ConfigError, DeviceError, DeviceUnavailable
@@ -47,6 +48,39 @@ def next_header(address: int, registers: list[int]) -> ModelHeader:
     if len(registers) != 2:
         raise ValueError(f"a model header is 2 registers, got {len(registers)}")
     return ModelHeader(address=address, model_id=registers[0], length_registers=registers[1])
+
+
+RegisterPair = Callable[[int], Awaitable[list[int]]]
+"""Reads the two holding registers at an address (the bus and unit id bound in)."""
+
+
+async def locate_model(
+    read: RegisterPair, model_id: int, bases: Sequence[int] = SUNSPEC_BASES
+) -> int:
+    """The address of ``model_id``'s ID register: "SunS" at one of ``bases``, then the chain.
+
+    DeviceError when no base holds the marker or the chain has no such model; a base that
+    answers with a Modbus exception is skipped. Bus errors (no answer) propagate.
+    """
+    for base in bases:
+        try:
+            marker = await read(base)
+        except ModbusRefused:
+            continue  # no register there: try the next base
+        if tuple(marker) != SUNS_MARKER:
+            continue
+        address = base + 2
+        for _ in range(MAX_MODELS):
+            if address + 2 > 0x10000:
+                break
+            header = next_header(address, await read(address))
+            if header.model_id == END_MODEL_ID:
+                break
+            if header.model_id == model_id:
+                return header.address
+            address = header.next_address
+        raise DeviceError(f"SunSpec model {model_id} not found in the chain at {base}")
+    raise DeviceError(f"no SunSpec marker 'SunS' at {', '.join(map(str, bases))}")
 
 
 class SunSpecMeter(RegisterMapMeter):
@@ -84,34 +118,17 @@ class SunSpecMeter(RegisterMapMeter):
     async def locate(self) -> int:
         """Find the model's ID register; DeviceError when the device has no such model."""
         unit = self.spec.unit_id
-        for base in self._bases:
-            try:
-                marker = await self.client.read_registers(Table.HOLDING, base, 2, unit)
-            except ModbusRefused:
-                continue  # no register there: try the next base
-            if tuple(marker) != SUNS_MARKER:
-                continue
-            address = base + 2
-            for _ in range(MAX_MODELS):
-                if address + 2 > 0x10000:
-                    break
-                header = next_header(
-                    address, await self.client.read_registers(Table.HOLDING, address, 2, unit)
-                )
-                if header.model_id == END_MODEL_ID:
-                    break
-                if header.model_id == self._model_id:
-                    self._rebase(self._relative.moved(header.address))
-                    self._model_address = header.address
-                    return header.address
-                address = header.next_address
-            raise DeviceError(
-                f"device {self.name}: SunSpec model {self._model_id} not found in the chain "
-                f"at {base}"
-            )
-        raise DeviceError(
-            f"device {self.name}: no SunSpec marker 'SunS' at {', '.join(map(str, self._bases))}"
-        )
+
+        async def read(address: int) -> list[int]:
+            return await self.client.read_registers(Table.HOLDING, address, 2, unit)
+
+        try:
+            address = await locate_model(read, self._model_id, self._bases)
+        except DeviceError as exc:
+            raise DeviceError(f"device {self.name}: {exc}") from exc
+        self._rebase(self._relative.moved(address))
+        self._model_address = address
+        return address
 
     async def read(self, now_s: float) -> MeterReading:
         if self._model_address is None:

@@ -80,6 +80,18 @@ class ChargePoint:
             return False  # off, or not armed before the first feed
         return t_s - self._last_feed_s > timeout
 
+    @property
+    def last_feed_s(self) -> float | None:
+        """When the watchdog was last fed (None: never, not armed)."""
+        return self._last_feed_s
+
+    def watchdog_remaining_s(self, t_s: float) -> float | None:
+        """Seconds until the watchdog expires; None without one or before it is armed."""
+        timeout = self.watchdog_timeout_s
+        if not timeout or self._last_feed_s is None:
+            return None
+        return max(0.0, self._last_feed_s + timeout - t_s)
+
     def in_failsafe(self, t_s: float) -> bool:
         return self.watchdog_expired(t_s) or t_s < self._recover_until_s
 

@@ -22,9 +22,14 @@ pty; worse, a tcsetattr that asks for PARENB and changes nothing else fails with
 makes pyserial (and so pymodbus) fail to open a pty with parity at all. While a line runs,
 ``termios.tcsetattr`` is therefore wrapped process-wide for our ptys only: it remembers what was
 *asked*, and applies the request without PARENB when the pty refuses it, as a real UART would
-take it. A master in this process (the drivers under test) is then checked in full; a master in
-another process is checked on baud rate, stop bits and odd parity only. This is the one place
-hil reaches into the process; it is undone when the last line stops.
+take it. A master in this process (the drivers under test) is then checked in full. This is
+the one place hil reaches into the process; it is undone when the last line stops.
+
+**A master in another process** (the real ``evsite run`` in an end-to-end test) has the same
+trouble opening a pty at even parity. ``python -m hil.ptymaster MODULE ARGS`` runs it with the
+same wrapper (``install_master_shim``) for every pty, which also leaves the settings it asked
+for in ``SETTINGS_DIR`` (a file per pty); the line reads them from there and checks that master
+in full too. A master started any other way is checked on baud rate, stop bits and odd parity.
 
 Fault injection is the device's (``RegisterDevice.inject``): no reply, CRC errors, garbage,
 exception codes, slow replies; a device dropping off and coming back is SILENT, then NONE.
@@ -34,11 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import tempfile
 import termios
 import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hil.devices.modbus import Fault, RegisterDevice
@@ -138,6 +146,23 @@ _BAUD_CONSTANTS: dict[int, int] = {
 _requested: dict[int, list[Any]] = {}  # pty device number -> attributes last asked for
 _watched: set[int] = set()
 _real_tcsetattr: Callable[..., None] | None = None
+_every_pty = False  # install_master_shim: a master process takes every pty as a line
+# where a master in another process leaves the settings it asked for, one file per pty
+SETTINGS_DIR = Path(
+    os.environ.get("HIL_PTY_SETTINGS_DIR")
+    or Path(tempfile.gettempdir()) / f"hil-pty-settings-{os.getuid()}"
+)
+_PTY_SLAVE_MAJORS = range(136, 144)  # Unix98 pty slaves (/dev/pts/N)
+
+
+def _settings_file(rdev: int) -> Path:
+    return SETTINGS_DIR / f"{rdev}.json"
+
+
+def _is_line(number: int | None) -> bool:
+    if number is None:
+        return False
+    return number in _watched or (_every_pty and os.major(number) in _PTY_SLAVE_MAJORS)
 
 
 def _recording_tcsetattr(fd: Any, when: int, attributes: list[Any]) -> None:
@@ -146,7 +171,7 @@ def _recording_tcsetattr(fd: Any, when: int, attributes: list[Any]) -> None:
         number: int | None = os.fstat(fd if isinstance(fd, int) else fd.fileno()).st_rdev
     except (OSError, AttributeError, ValueError):
         number = None
-    if number not in _watched:
+    if not _is_line(number):
         _real_tcsetattr(fd, when, attributes)
         return
     try:
@@ -162,6 +187,33 @@ def _recording_tcsetattr(fd: Any, when: int, attributes: list[Any]) -> None:
         _real_tcsetattr(fd, when, reduced)
     assert number is not None
     _requested[number] = list(attributes)
+    if _every_pty:
+        with contextlib.suppress(OSError):
+            SETTINGS_DIR.mkdir(parents=True, exist_ok=True)
+            partial = _settings_file(number).with_suffix(f".{os.getpid()}.partial")
+            partial.write_text(json.dumps([int(a) for a in attributes[:6]]))
+            partial.replace(_settings_file(number))
+
+
+def install_master_shim() -> None:
+    """In a process that will open simulated lines as their master (``hil.ptymaster``): let
+    every pty take parity as a UART would, and publish the settings asked for."""
+    global _every_pty, _real_tcsetattr  # noqa: PLW0603 - one wrapper per process
+    _every_pty = True
+    if _real_tcsetattr is None:
+        _real_tcsetattr = termios.tcsetattr
+        termios.tcsetattr = _recording_tcsetattr
+
+
+def _published_settings(rdev: int) -> list[Any] | None:
+    """What a master in another process asked for (``install_master_shim``), if it did."""
+    try:
+        data = json.loads(_settings_file(rdev).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, list) or len(data) != 6:
+        return None
+    return [int(v) for v in data]
 
 
 def _watch(rdev: int) -> None:
@@ -247,6 +299,8 @@ class RtuLine:
         self._queue: asyncio.Queue[tuple[float, bytes]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._line_free_at = 0.0
+        self._published_stamp: int | None = None
+        self._published_attrs: list[Any] | None = None
 
     def attach(self, device: RegisterDevice, line: LineSettings | None = None) -> None:
         """Put ``device`` on the line, configured for ``line`` (default: the line's settings; a
@@ -270,9 +324,22 @@ class RtuLine:
         if self._master_fd is None:
             raise RuntimeError("the line is not started")
         asked = _requested.get(self._rdev)
+        if asked is None:
+            asked = self._published()
         if asked is not None:
             return settings_from_termios(asked, parity_known=True)
         return settings_from_termios(termios.tcgetattr(self._master_fd), parity_known=False)
+
+    def _published(self) -> list[Any] | None:
+        """A master in another process's settings, re-read only when its file changes."""
+        try:
+            stamp = os.stat(_settings_file(self._rdev)).st_mtime_ns
+        except OSError:
+            return None
+        if stamp != self._published_stamp:
+            self._published_stamp = stamp
+            self._published_attrs = _published_settings(self._rdev)
+        return self._published_attrs
 
     async def start(self) -> str:
         master, slave = os.openpty()
@@ -287,6 +354,9 @@ class RtuLine:
         self._master_fd, self._slave_fd = master, slave
         self._rdev = os.fstat(slave).st_rdev
         self._port = os.ttyname(slave)
+        # pty numbers are reused: settings a former master left for this one are not ours
+        with contextlib.suppress(OSError):
+            _settings_file(self._rdev).unlink()
         _watch(self._rdev)
         loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()

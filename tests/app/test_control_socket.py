@@ -92,7 +92,7 @@ def book(tmp_path: Path) -> Iterator[SlotBook]:
 
 
 def _ask(sock: ControlSocket, cmd: str, **args: Any) -> dict[str, Any]:
-    answer = sock._answer(json.dumps({"cmd": cmd, **args}).encode())
+    answer = asyncio.run(sock._answer(json.dumps({"cmd": cmd, **args}).encode()))
     # What goes over the wire is JSON: the answer must survive it unchanged.
     assert json.loads(json.dumps(answer)) == answer
     return answer

@@ -28,7 +28,15 @@ class TerminalStream(io.StringIO):
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # The Modbus drivers and simulators mute the "pymodbus" logger process-wide (its timeouts
+    # are our errors' business); these tests use it as a stdlib logger like any other.
+    muted = [logging.getLogger(name) for name in ("pymodbus", "pymodbus.logging")]
+    levels = [logger.level for logger in muted]
+    for logger in muted:
+        logger.setLevel(logging.NOTSET)
     yield
+    for logger, was in zip(muted, levels, strict=True):
+        logger.setLevel(was)
     for handler in root.handlers[:]:
         if handler not in handlers:
             root.removeHandler(handler)

@@ -12,6 +12,16 @@ Rows, each for 10, 100 and 1000 connectors on seeded 3-level trees (tests/bench/
 
 Targets (issue 3): kernel <= 1 ms median at 1000 connectors, difference <= 0.01 A, kernel
 >= 100x faster than the reference.
+
+Then the device side (tests/bench/buses.py, issue 4): ``tick`` (the real control loop's tick
+with 1 meter and 50 EVSEs on loopback Modbus TCP), ``footprint`` (the real `evsite run`
+process at 50 connectors: CPU share of one core, RSS) and ``rtu`` (transactions per second on
+a paced pty at 19200 8E1 against the wire limit). Targets: p99 <= 250 ms, <= 2 % and <= 80 MB,
+ratio >= 0.8.
+
+Then the MQTT link (tests/bench/mqtt.py, issue 6), against a real mosquitto: ``mqtt_outbox``
+(events per second through the persistent outbox to the broker, and single fsync'd appends
+per second) and ``mqtt_telemetry`` (CPU share of one core for telemetry at 50 connectors).
 """
 
 from __future__ import annotations
@@ -145,6 +155,14 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         if have_lp:
             print(json.dumps(bench_lp(inst, median_ms)), flush=True)
+    from tests.bench.buses import rows as device_rows
+
+    for row in device_rows():
+        print(json.dumps(row), flush=True)
+    from tests.bench.mqtt import rows as mqtt_rows
+
+    for row in mqtt_rows():
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

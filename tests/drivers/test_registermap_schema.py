@@ -3,6 +3,7 @@ scale-factor fields, per-device base address, link) and the registry's capabilit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from importlib import resources
 from pathlib import Path
@@ -179,20 +180,9 @@ def test_address_base_from_an_option() -> None:
     charx = registry.build_evse(spec, pool=BusPool())
     assert isinstance(charx, RegisterMapEvse)
     assert charx.register_map.field("setpoint_a").address == 3301
-    bad = DeviceSpec(**{**_as_dict(spec), "options": {"connector": "two"}})
+    bad = dataclasses.replace(spec, options={"connector": "two"})
     with pytest.raises(ConfigError, match="connector"):
         registry.build_evse(bad, pool=BusPool())
-
-
-def _as_dict(spec: DeviceSpec) -> dict[str, object]:
-    return {
-        "id": spec.id,
-        "driver": spec.driver,
-        "transport": spec.transport,
-        "unit_id": spec.unit_id,
-        "timeout_s": spec.timeout_s,
-        "options": spec.options,
-    }
 
 
 def test_a_tcp_only_model_on_a_serial_line_is_a_config_error() -> None:

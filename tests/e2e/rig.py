@@ -2,7 +2,10 @@
 
 The simulator runs in this test process (its own asyncio loop in a thread) so a test can read
 its ground truth at the moment it asks the controller; the controller is the real console
-script in a subprocess, talking Modbus TCP to the simulator on loopback.
+script in a subprocess, talking Modbus TCP to the simulator on loopback, and Modbus RTU on the
+simulator's RS-485 lines (ptys). A scenario with lines needs ``pty_master=True``: the
+controller then starts through ``python -m hil.ptymaster`` so that it can open a pty at even
+parity as it would a USB RS-485 adapter (Linux ptys refuse parity; see hil/devices/rtu.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from hil.scenario import Scenario
 from hil.site import SimulatedSite
 
 T = TypeVar("T")
@@ -31,7 +35,7 @@ T = TypeVar("T")
 class SimThread:
     """A SimulatedSite on its own event loop in a daemon thread."""
 
-    def __init__(self, scenario: str, trace: Path) -> None:
+    def __init__(self, scenario: Scenario | str, trace: Path) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -63,18 +67,18 @@ class SimThread:
 class Controller:
     """The real `evsite run` process."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *, pty_master: bool = False) -> None:
         self.config = config
         self.log_path = log
         self.socket = (
             Path(yaml.safe_load(config.read_text())["service"]["runtime_dir"]) / "evsite.sock"
         )
         self._log = log.open("w")
+        launcher = ["-m", "hil.ptymaster", "controller.cli.main"] if pty_master else []
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "controller.cli.main",
+                *(launcher or ["-m", "controller.cli.main"]),
                 "run",
                 "-c",
                 str(config),
@@ -110,6 +114,11 @@ class Controller:
         result: dict[str, Any] = json.loads(out.stdout)
         return result
 
+    def kill(self) -> None:
+        """SIGKILL: the controller dies without a word (no fallback written, nothing closed)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10.0)
+
     def terminate(self, timeout_s: float = 15.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -134,14 +143,16 @@ class Controller:
 
 
 @contextmanager
-def running_site(tmp: Path, scenario: str) -> Iterator[tuple[SimThread, Controller]]:
+def running_site(
+    tmp: Path, scenario: Scenario | str, *, pty_master: bool = False
+) -> Iterator[tuple[SimThread, Controller]]:
     sim = SimThread(scenario, tmp / "trace.jsonl")
     ctl: Controller | None = None
     try:
         config = sim.site.site_config(state_dir=tmp / "state", runtime_dir=tmp / "run")
         path = tmp / "site.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        ctl = Controller(path, tmp / "evsite.log")
+        ctl = Controller(path, tmp / "evsite.log", pty_master=pty_master)
         ctl.wait_socket()
         yield sim, ctl
     finally:

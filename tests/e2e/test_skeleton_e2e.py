@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ RESPONSE_WINDOW_S = 10.0  # an EV may take this long to follow a decrease (ARCHI
 EXCUSING = {"arrival", "departure", "building_step"}
 
 
-def _excused_until(trace: list[dict]) -> list[float]:
+def _excused_until(trace: list[dict[str, Any]]) -> list[float]:
     times = []
     for line in trace:
         for ev in line["events"]:
@@ -34,7 +35,7 @@ def _excused_until(trace: list[dict]) -> list[float]:
 
 
 def test_real_controller_holds_the_grid_and_shares(tmp_path: Path) -> None:
-    samples: list[tuple[float, float, dict]] = []
+    samples: list[tuple[float, float, dict[str, Any]]] = []
     with running_site(tmp_path, "e2e") as (sim, ctl):
         end = time.monotonic() + RUN_S
         while time.monotonic() < end:

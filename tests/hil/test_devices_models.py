@@ -142,8 +142,8 @@ def test_sunspec_chain(model: MeterModel) -> None:
             assert wh == pytest.approx(1234500)
             assert body_regs[7] == 0x8000  # not implemented
         else:
-            amps = struct.unpack(">fff", words_be(body_regs[4:10]))
-            assert amps == pytest.approx(READING.current_a)
+            currents = struct.unpack(">fff", words_be(body_regs[4:10]))
+            assert currents == pytest.approx(READING.current_a)
             wh = struct.unpack(">f", words_be(body_regs[68:70]))[0]
             assert wh == pytest.approx(1234500)
             assert math.isnan(struct.unpack(">f", words_be(body_regs[18:20]))[0])

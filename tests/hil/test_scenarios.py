@@ -96,3 +96,55 @@ def test_hil_imports_nothing_from_the_product() -> None:
                 f"{path.name}: {n}" for n in names if n.split(".")[0] in ("drivers", "controller")
             ]
     assert not offences
+
+
+def test_models_lines_and_their_checks() -> None:
+    mixed = load_scenario("mixed")
+    by_id = {e.id: e for e in mixed.evses}
+    assert {e.model for e in mixed.evses} == {
+        "heidelberg", "alfen", "bender", "vestel", "schneider", "phoenix_charx",
+    }  # fmt: skip
+    assert [(e.line, e.unit_id) for e in mixed.evses if e.model == "heidelberg"] == [
+        ("rs485-evse", 1), ("rs485-evse", 2), ("rs485-evse", 3),
+    ]  # fmt: skip
+    assert mixed.line("rs485-evse").parity == "E" and mixed.line("rs485-evse").baudrate == 19200
+    assert mixed.meter.line == "rs485-meter"
+    assert by_id["bender1"].unit_id == 255 and not by_id["bender1"].has_watchdog
+    # an EVSE without a watchdog counts at its cap in the fallback rule
+    bare = scenario_from_dict(_doc(model="bender", max_current_a=32, safe_current_a=6))
+    capped = scenario_from_dict(
+        _doc(model="bender", max_current_a=32, safe_current_a=6, unwatched_cap_a=20)
+    )
+    assert fallback_headroom_a(bare)[0] - fallback_headroom_a(capped)[0] == 14
+
+    line = [{"id": "bus", "baudrate": 19200, "parity": "E"}]
+
+    def with_lines(**evse: object) -> dict[str, object]:
+        return {**_doc(**evse), "lines": line}
+
+    cases = {
+        "evses[0].model: one of": _doc(model="tesla"),
+        "evses[0].line: a heidelberg sits on an RS-485 line": _doc(model="heidelberg"),
+        "evses[0].line: a alfen is reached over Modbus TCP only": with_lines(line="bus"),
+        "evses[cp1].line: no line 'bus2'": with_lines(
+            model="heidelberg", line="bus2", max_current_a=16
+        ),
+        "a Heidelberg takes at most 16 A": with_lines(model="heidelberg", line="bus"),
+        "watchdog_timeout_s: a bender takes nothing": _doc(model="bender", watchdog_timeout_s=5),
+        "watchdog_timeout_s: a alfen takes validity_time_s": _doc(watchdog_timeout_s=5),
+        "validity_time_s: Alfen only": _doc(model="vestel", validity_time_s=5),
+        "unwatched_cap_a: a vestel has a watchdog": _doc(model="vestel", unwatched_cap_a=5),
+        "evses[cp1].unit_id: 255 is not an RS-485 address": with_lines(
+            model="heidelberg", line="bus", max_current_a=16, unit_id=255
+        ),
+        "lines[0].parity: one of N, E, O": {**_doc(), "lines": [{"id": "b", "parity": "X"}]},
+    }
+    for message, doc in cases.items():
+        with pytest.raises(ScenarioError) as info:
+            scenario_from_dict(doc)
+        assert message in str(info.value), (message, str(info.value))
+    two = with_lines(model="heidelberg", line="bus", max_current_a=16)
+    assert isinstance(two["evses"], list)
+    two["evses"] = [*two["evses"], {**two["evses"][0], "id": "cp2"}]
+    with pytest.raises(ScenarioError, match="unit_id: 1 on line bus is taken by evses"):
+        scenario_from_dict(two)

@@ -1,0 +1,1 @@
+"""Tests for the simulated ZVT payment terminal in hil/terminal."""
