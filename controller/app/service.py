@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -26,7 +26,7 @@ from controller.app.health import DeviceHealth
 from controller.app.status import build_status
 from controller.core.allocation import allocate
 from controller.core.errors import EvsiteError
-from controller.core.faults import FaultBook
+from controller.core.faults import FaultBook, Transition
 from controller.core.faults import update as update_faults
 from controller.core.model import Allocation, Condition, EvseReading, MeterReading, Snapshot
 from controller.core.ports import Evse, Meter
@@ -77,7 +77,12 @@ class ControlLoop:
         self.written: dict[str, _Written | None] = dict.fromkeys(self.evses)
         self.allocation: Allocation | None = None
         self.write_failed: set[str] = set()
+        self._unsaved: dict[str, tuple[float, str]] = {}
         self.faults = FaultBook()
+        # Hooks for the cloud links (controller.app.cloud): more fault conditions each tick
+        # (outbox alarms), and every fault transition once it is logged.
+        self.condition_sources: list[Callable[[], Iterable[Condition]]] = []
+        self.fault_listeners: list[Callable[[Transition], None]] = []
         self.status: dict[str, Any] = {}
         self.ticks = 0
         self.last_tick_ms = 0.0
@@ -120,9 +125,13 @@ class ControlLoop:
             evse = self.evses[cid]
             fallback = self._connectors[cid].fallback_current_a
             await self._guard(cid, self._budget_s(cid) * 2, evse.setup(fallback))
+            for warning in getattr(evse, "setup_warnings", ()):
+                # e.g. an Alfen whose safe current (set on the station) is not our fallback
+                log.warning("evse_setup_warning", connector=cid, detail=warning)
             await self._write(cid, fallback, reason="startup")
 
         await asyncio.gather(*(prepare(cid) for cid in self.evses))
+        self._save_limits()
 
     async def stop_to_fallback(self) -> None:
         """On shutdown: every EVSE to its fallback current (best effort, bounded)."""
@@ -131,6 +140,7 @@ class ControlLoop:
             await self._write(cid, self._connectors[cid].fallback_current_a, reason="shutdown")
 
         await asyncio.gather(*(one(cid) for cid in self.evses))
+        self._save_limits()
         log.info(
             "shutdown_fallback_written",
             connectors={c: (w.current_a if w else None) for c, w in self.written.items()},
@@ -173,6 +183,7 @@ class ControlLoop:
         self._track_faults(allocation, wall)
         self.allocation = allocation
         await self._apply(allocation, now_s)
+        self._save_limits()
         self.ticks += 1
         self.last_tick_ms = (self.clock() - t0) * 1000.0
         self.status = self._build_status(now_s, wall)
@@ -227,11 +238,17 @@ class ControlLoop:
         self.written[cid] = _Written(current_a=current_a, at_s=self.clock())
         if before is None or before.current_a != current_a:
             log.info("limit_applied", connector=cid, limit_a=current_a, reason=reason)
-            try:
-                self.db.save_written_limit(cid, current_a, datetime.now(UTC).isoformat())
-            except StoreError as exc:
-                log.error("state_write_failed", error=str(exc))
+            self._unsaved[cid] = (current_a, datetime.now(UTC).isoformat())
         return True
+
+    def _save_limits(self) -> None:
+        """Persist the limits written since the last save, in one transaction."""
+        rows = [(cid, a, at) for cid, (a, at) in self._unsaved.items()]
+        self._unsaved.clear()
+        try:
+            self.db.save_written_limits(rows)
+        except StoreError as exc:
+            log.error("state_write_failed", error=str(exc))
 
     @staticmethod
     async def _call_true(call: Awaitable[None]) -> bool:
@@ -255,6 +272,8 @@ class ControlLoop:
 
     def _track_faults(self, allocation: Allocation, wall: datetime) -> None:
         conditions = list(allocation.faults)
+        for source in self.condition_sources:
+            conditions.extend(source())
         for device, health in self.health.items():
             # One missed read is a hold, not a fault; two in a row is a device offline.
             if not health.online and health.failures_in_row >= 2:
@@ -276,6 +295,8 @@ class ControlLoop:
                 )
             except StoreError as exc:
                 log.error("state_write_failed", error=str(exc))
+            for listener in self.fault_listeners:
+                listener(tr)
 
     def _build_status(self, now_s: float, wall: datetime) -> dict[str, Any]:
         status = build_status(

@@ -52,6 +52,24 @@ MIGRATIONS: Sequence[str] = (
         CHECK ((current_a IS NULL) <> (power_w IS NULL))
     );
     """,
+    # 3: the persistent outbox of the cloud links (controller.store.outbox)
+    """
+    CREATE TABLE outbox (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order of sending
+        id          TEXT NOT NULL UNIQUE,  -- event id (UUID): consumers deduplicate by it
+        channel     TEXT NOT NULL,         -- which link sends it: mqtt, ocpp
+        kind        TEXT NOT NULL,         -- event kind or message type, e.g. fault_raised
+        payload     TEXT NOT NULL,         -- JSON, sent as it is
+        created_at  TEXT NOT NULL,         -- UTC ISO 8601
+        attempts    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX outbox_by_channel ON outbox(channel, seq);
+    CREATE TABLE markers (
+        name        TEXT PRIMARY KEY,      -- e.g. config_sha256: what the last run saw
+        value       TEXT NOT NULL,
+        at          TEXT NOT NULL          -- UTC ISO 8601
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -93,6 +111,11 @@ class Database:
         return cls(state_dir / DB_FILENAME)
 
     @property
+    def connection(self) -> sqlite3.Connection:
+        """The open connection, for the store's other modules (the outbox) only."""
+        return self._conn
+
+    @property
     def schema_version(self) -> int:
         row = self._conn.execute("PRAGMA user_version").fetchone()
         return int(row[0])
@@ -111,15 +134,25 @@ class Database:
             self._conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
 
     def save_written_limit(self, connector: str, written_a: float, written_at: str) -> None:
+        self.save_written_limits([(connector, written_a, written_at)])
+
+    def save_written_limits(self, rows: list[tuple[str, float, str]]) -> None:
+        """Record (connector, written_a, written_at) rows in one transaction: one fsync per
+        tick, however many limits changed."""
+        if not rows:
+            return
         try:
-            self._conn.execute(
-                "INSERT INTO connector_state(connector, written_a, written_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(connector) DO UPDATE SET written_a=excluded.written_a, "
-                "written_at=excluded.written_at",
-                (connector, written_a, written_at),
-            )
+            with self._conn:
+                self._conn.execute("BEGIN")
+                self._conn.executemany(
+                    "INSERT INTO connector_state(connector, written_a, written_at) "
+                    "VALUES (?, ?, ?) ON CONFLICT(connector) DO UPDATE SET "
+                    "written_a=excluded.written_a, written_at=excluded.written_at",
+                    rows,
+                )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot record limit of {connector}: {exc}") from exc
+            names = ", ".join(r[0] for r in rows)
+            raise StoreError(f"cannot record the limits of {names}: {exc}") from exc
 
     def written_limits(self) -> dict[str, WrittenLimit]:
         rows = self._conn.execute(
@@ -141,6 +174,22 @@ class Database:
             "SELECT at, kind, subject, detail FROM event_log ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # -- markers: small facts one run leaves for the next ------------------------------------
+
+    def marker(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM markers WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_marker(self, name: str, value: str, at: str) -> None:
+        try:
+            self._conn.execute(
+                "INSERT INTO markers(name, value, at) VALUES (?, ?, ?) ON CONFLICT(name) "
+                "DO UPDATE SET value=excluded.value, at=excluded.at",
+                (name, value, at),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record {name}: {exc}") from exc
 
     # -- limit slots ---------------------------------------------------------------------------
 
