@@ -27,6 +27,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from controller.adapters.mqtt.settings import MqttSettings, TlsFiles
 from controller.core.errors import ConfigError
 from controller.core.site import (
     PHASE_NAMES,
@@ -110,6 +111,7 @@ class LoadedConfig:
     service: ServiceSettings
     warnings: tuple[str, ...]
     source: Path
+    mqtt: MqttSettings | None = None  # None: no cloud link over MQTT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,6 +238,7 @@ def check_config_text(text: str, *, source: Path = Path("<string>")) -> ConfigRe
 # strict: "32" is not 32 and true is not 1; a float field still takes an int.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _GROUP_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 _SERIAL_PORT_RE = re.compile(r"/dev/\S*[^/\s]")
 _HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -313,6 +316,15 @@ def _valid_group(value: str) -> str:
 def _absolute(value: str) -> str:
     if not PurePosixPath(value).is_absolute():
         _fail(f"must be an absolute path, got {value!r}")
+    return value
+
+
+def _valid_client_id(value: str) -> str:
+    if not _CLIENT_ID_RE.fullmatch(value):
+        _fail(
+            "a client id is 1 to 64 letters, digits, '_', '-', '.' or ':' (brokers may refuse "
+            f"others); got {value!r}"
+        )
     return value
 
 
@@ -619,6 +631,31 @@ class _ServiceModel(BaseModel):
     log_format: LogFormat = "auto"
 
 
+class _TlsModel(BaseModel):
+    model_config = _STRICT
+    ca_file: Annotated[str, AfterValidator(_absolute)]
+    cert_file: Annotated[str, AfterValidator(_absolute)] | None = None
+    key_file: Annotated[str, AfterValidator(_absolute)] | None = None
+
+
+class _MqttModel(BaseModel):
+    """``mqtt:``: the link to the cloud backend (docs/mqtt.md)."""
+
+    model_config = _STRICT
+    host: Annotated[str, AfterValidator(_valid_host)]
+    port: Annotated[int, AfterValidator(_valid_tcp_port)] | None = None
+    tls: _TlsModel | None = None
+    credentials_file: Annotated[str, AfterValidator(_absolute)] | None = None
+    client_id: Annotated[str, AfterValidator(_valid_client_id)] | None = None
+    keepalive_s: int = Field(default=30, ge=1, le=65535)
+    telemetry_interval_s: float = Field(default=1.0, ge=0.1)
+    outbox_max_events: int = Field(default=100_000, ge=1)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    protocol: Literal[5, "3.1.1"] = 5
+    allow_test_injection: bool = False
+
+
 _SECTIONS: dict[str, type[BaseModel]] = {
     "site": _SiteModel,
     "grid": _GridModel,
@@ -629,6 +666,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "load_management": _LoadManagementModel,
     "time_of_use": _TimeOfUseModel,
     "service": _ServiceModel,
+    "mqtt": _MqttModel,
 }
 _REQUIRED_SECTIONS = ("site", "grid")
 
@@ -797,7 +835,11 @@ class _Loader:
             config = None
         elif config is not None:
             config = LoadedConfig(
-                site=config.site, service=config.service, warnings=warnings, source=config.source
+                site=config.site,
+                service=config.service,
+                warnings=warnings,
+                source=config.source,
+                mqtt=config.mqtt,
             )
         return ConfigReport(source=self.source, problems=problems, warnings=warnings, config=config)
 
@@ -1000,6 +1042,11 @@ class _Loader:
         control_m = self.section(_ControlModel, "control")
         load_m = self.section(_LoadManagementModel, "load_management")
         service_m = self.section(_ServiceModel, "service")
+        mqtt_m = (
+            self.validate(_MqttModel, ("mqtt",), root["mqtt"])
+            if root.get("mqtt") is not None
+            else None
+        )
         circuits = self.items(_CircuitModel, "circuits")
         meters = self.items(_MeterModel, "meters")
         evses = self.items(_EvseModel, "evses")
@@ -1060,7 +1107,64 @@ class _Loader:
             socket_mode=service_m.socket_mode,
             log_format=service_m.log_format,
         )
-        return LoadedConfig(site=site, service=service, warnings=(), source=self.source)
+        mqtt = self.mqtt(mqtt_m, site.id) if mqtt_m is not None else None
+        if self.problems:
+            return None
+        return LoadedConfig(site=site, service=service, warnings=(), source=self.source, mqtt=mqtt)
+
+    def mqtt(self, m: _MqttModel, site_id: str) -> MqttSettings | None:
+        base: KeyPath = ("mqtt",)
+        if m.reconnect_min_s > m.reconnect_max_s:
+            self.error(
+                (*base, "reconnect_max_s"),
+                f"{_n(m.reconnect_max_s)} s is shorter than reconnect_min_s "
+                f"{_n(m.reconnect_min_s)} s",
+            )
+        tls = None
+        if m.tls is not None:
+            if (m.tls.cert_file is None) != (m.tls.key_file is None):
+                given, missing = (
+                    ("cert_file", "key_file")
+                    if m.tls.key_file is None
+                    else ("key_file", "cert_file")
+                )
+                self.error((*base, "tls", missing), f"missing: {given} needs {missing} with it")
+            for key in ("ca_file", "cert_file", "key_file"):
+                name = getattr(m.tls, key)
+                if name is not None and not Path(name).is_file():
+                    self.error((*base, "tls", key), f"no such file: {name}")
+            tls = TlsFiles(
+                ca_file=Path(m.tls.ca_file),
+                cert_file=Path(m.tls.cert_file) if m.tls.cert_file else None,
+                key_file=Path(m.tls.key_file) if m.tls.key_file else None,
+            )
+        elif not _is_loopback(m.host):
+            self.warn(
+                (*base, "host"),
+                f"no tls: telemetry, commands and the credentials go to {m.host} in clear text; "
+                "add tls: {ca_file: ...}",
+            )
+        if m.credentials_file is not None and not Path(m.credentials_file).is_file():
+            self.error((*base, "credentials_file"), f"no such file: {m.credentials_file}")
+        if m.allow_test_injection:
+            self.warn(
+                (*base, "allow_test_injection"),
+                "test event injection is on: for test rigs only, never on a real site",
+            )
+        return MqttSettings(
+            host=m.host,
+            port=m.port if m.port is not None else (8883 if tls is not None else 1883),
+            client_id=m.client_id if m.client_id is not None else f"evsite-{site_id}",
+            tls=tls,
+            credentials_file=Path(m.credentials_file) if m.credentials_file else None,
+            keepalive_s=m.keepalive_s,
+            telemetry_interval_s=m.telemetry_interval_s,
+            outbox_max_events=m.outbox_max_events,
+            reconnect_min_s=m.reconnect_min_s,
+            reconnect_max_s=m.reconnect_max_s,
+            protocol="5" if m.protocol == 5 else "3.1.1",
+            allow_test_injection=m.allow_test_injection,
+        )
 
     def section(self, model: type[M], key: str) -> M | None:
         root = self.data
@@ -1675,6 +1779,15 @@ def _first_overlap(a: TouPeriod, b: TouPeriod) -> str | None:
         return f"{minute // 60:02d}:{minute % 60:02d}"
 
     return f"{DAY_NAMES[begin // 1440]} {clock(begin)}-{clock(end)}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _line(node: yaml.Node) -> int:

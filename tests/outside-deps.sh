@@ -3,13 +3,19 @@
 # Debian packages: add here as the suite grows (mosquitto for the MQTT link, ...).
 set -euo pipefail
 
-DEBIAN_PACKAGES=(shellcheck)   # mosquitto joins with the MQTT link
+DEBIAN_PACKAGES=(shellcheck mosquitto openssl)  # openssl: the test CA of the MQTT TLS test
 declare -A PROVIDES=()  # package -> command that shows it is there
+# The broker the MQTT tests start; Debian puts it in /usr/sbin, which a user's PATH may lack.
+PROVIDES[mosquitto]=/usr/sbin/mosquitto
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   cmd=${PROVIDES[$pkg]:-$pkg}
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  if [[ $cmd == /* ]]; then
+    [[ -x $cmd ]] || missing+=("$pkg")
+  else
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  fi
 done
 
 if ((${#missing[@]} == 0)); then

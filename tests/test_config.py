@@ -1717,3 +1717,105 @@ def test_uncapped_evse_without_watchdog_is_a_loud_warning(tmp_path: Path) -> Non
     loaded = load_config(_unwatched_site(tmp_path, "control: {cap_unwatched: false}\n"))
     assert all(k.unwatched_cap_a is None for k in loaded.site.connectors)
     assert any("control.cap_unwatched is off" in w for w in loaded.warnings)
+
+
+# --- mqtt ------------------------------------------------------------------------------------
+
+
+def test_mqtt_is_optional_and_its_defaults(tmp_path: Path) -> None:
+    from controller.adapters.mqtt.settings import MqttSettings
+
+    assert loaded(tmp_path, BASE).mqtt is None
+    config = loaded(tmp_path, BASE + "mqtt: {host: 127.0.0.1}\n")
+    assert config.mqtt == MqttSettings(host="127.0.0.1", port=1883, client_id="evsite-demo")
+    assert config.warnings == ()  # a broker on the gateway itself needs no TLS
+
+
+def test_mqtt_every_key(tmp_path: Path) -> None:
+    from controller.adapters.mqtt.settings import TlsFiles
+
+    for name in ("ca.pem", "client.pem", "client.key", "mqtt.credentials"):
+        write(tmp_path, "x", name)
+    text = BASE + (
+        "mqtt:\n"
+        "  host: broker.example.com\n"
+        "  tls:\n"
+        f"    ca_file: {tmp_path}/ca.pem\n"
+        f"    cert_file: {tmp_path}/client.pem\n"
+        f"    key_file: {tmp_path}/client.key\n"
+        f"  credentials_file: {tmp_path}/mqtt.credentials\n"
+        "  client_id: gw-0042\n"
+        "  keepalive_s: 20\n"
+        "  telemetry_interval_s: 5\n"
+        "  outbox_max_events: 5000\n"
+        "  reconnect_min_s: 0.5\n"
+        "  reconnect_max_s: 30\n"
+        "  protocol: '3.1.1'\n"
+        "  allow_test_injection: false\n"
+    )
+    m = loaded(tmp_path, text).mqtt
+    assert m is not None
+    assert (m.host, m.port, m.client_id) == ("broker.example.com", 8883, "gw-0042")
+    assert m.tls == TlsFiles(
+        ca_file=tmp_path / "ca.pem",
+        cert_file=tmp_path / "client.pem",
+        key_file=tmp_path / "client.key",
+    )
+    assert m.credentials_file == tmp_path / "mqtt.credentials"
+    assert (m.keepalive_s, m.telemetry_interval_s, m.outbox_max_events) == (20, 5.0, 5000)
+    assert (m.reconnect_min_s, m.reconnect_max_s, m.protocol) == (0.5, 30.0, "3.1.1")
+    assert loaded(tmp_path, BASE + "mqtt: {host: h, protocol: 5}\n").mqtt.protocol == "5"  # type: ignore[union-attr]
+
+
+def test_mqtt_field_problems_name_file_line_and_key(tmp_path: Path) -> None:
+    text = BASE + (
+        "mqtt:\n"
+        "  host: 192.168.1.300\n"
+        "  port: 70000\n"
+        "  keepalive_s: 0\n"
+        "  protocol: 4\n"
+        "  telemetry_interval_s: 0.01\n"
+        "  client_id: 'has space'\n"
+        "  credentials_file: secrets.yaml\n"
+        "  colour: red\n"
+    )
+    n = line_of(text, "host: 192.168.1.300")
+    expect(tmp_path, text, n, "mqtt.host", "'192.168.1.300' is not an IP address or host name")
+    expect(tmp_path, text, n + 1, "mqtt.port", "TCP port must be within 1..65535, got 70000")
+    expect(tmp_path, text, n + 2, "mqtt.keepalive_s", "must be >= 1, got 0")
+    expect(tmp_path, text, n + 3, "mqtt.protocol", "must be 5 or '3.1.1', got 4")
+    expect(tmp_path, text, n + 4, "mqtt.telemetry_interval_s", "must be >= 0.1, got 0.01")
+    expect(tmp_path, text, n + 5, "mqtt.client_id", "a client id is 1 to 64")
+    expect(tmp_path, text, n + 6, "mqtt.credentials_file", "must be an absolute path")
+    expect(tmp_path, text, n + 7, "mqtt.colour", "unknown key 'colour'")
+
+
+def test_mqtt_rules_across_keys_and_missing_files(tmp_path: Path) -> None:
+    text = BASE + (
+        "mqtt:\n"
+        "  host: broker.example.com\n"
+        "  reconnect_min_s: 10\n"
+        "  reconnect_max_s: 5\n"
+        "  tls: {ca_file: /nonexistent/ca.pem, cert_file: /etc/hostname}\n"
+        "  credentials_file: /nonexistent/mqtt.credentials\n"
+    )
+    n = line_of(text, "reconnect_max_s")
+    expect(tmp_path, text, n, "mqtt.reconnect_max_s", "5 s is shorter than reconnect_min_s 10 s")
+    tls = line_of(text, "tls:")
+    expect(tmp_path, text, tls, "mqtt.tls.ca_file", "no such file: /nonexistent/ca.pem")
+    expect(tmp_path, text, tls, "mqtt.tls.key_file", "missing: cert_file needs key_file")
+    expect(tmp_path, text, tls + 1, "mqtt.credentials_file", "no such file: /nonexistent/mqtt")
+    no_host = BASE + "mqtt: {port: 1883}\n"
+    expect(tmp_path, no_host, line_of(no_host, "mqtt:"), "mqtt.host", "missing required key")
+
+
+def test_mqtt_warnings_plain_text_to_a_remote_broker_and_test_injection(tmp_path: Path) -> None:
+    config = loaded(
+        tmp_path, BASE + "mqtt: {host: broker.example.com, allow_test_injection: true}\n"
+    )
+    assert len(config.warnings) == 2
+    assert (
+        "no tls: telemetry, commands and the credentials go to broker.example.com"
+        in (config.warnings[0])
+    )
+    assert "test event injection is on" in config.warnings[1]

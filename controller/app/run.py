@@ -13,14 +13,17 @@ from pathlib import Path
 import structlog
 
 from controller import __version__
+from controller.app.cloud import CloudLink, outbox_conditions
 from controller.app.control_socket import SOCKET_NAME, ControlSocket, limit_commands
+from controller.app.device_commands import TickGate, device_commands
 from controller.app.logs import configure_logging
 from controller.app.sdnotify import SystemdNotifier
 from controller.app.service import ControlLoop, fault_commands, install_signal_handlers
 from controller.app.slots import SlotBook
 from controller.config import LoadedConfig, load_config
 from controller.store.db import Database
-from drivers.registry import build_evse, build_meter
+from controller.store.outbox import Outbox
+from drivers.registry import BUS_POOL, build_evse, build_meter
 
 log = structlog.get_logger("evsite")
 
@@ -31,17 +34,23 @@ async def serve(config: LoadedConfig) -> int:
     notifier = SystemdNotifier.from_env()
     db = Database.in_state_dir(service.state_dir)
     book = SlotBook(db, site)
+    outbox = Outbox(db)  # shared by the cloud links (MQTT now, OCPP later)
     meters = {m.id: build_meter(m) for m in site.meters}
     evses = {c.id: build_evse(c.evse) for c in site.connectors}
     watchdog_s = notifier.watchdog_interval_s()
     last_ping = [0.0]
+    # The technician tools' bus requests go between ticks (device_commands).
+    gate = TickGate(tick_s=site.control.tick_s)
 
     def on_tick() -> None:
+        gate.tick_done(loop.last_tick_ms)
         # Feed the systemd watchdog from the tick itself: a hung loop stops the pings.
         now = time.monotonic()
         if watchdog_s is not None and now - last_ping[0] >= watchdog_s / 2:
             notifier.watchdog()
             last_ping[0] = now
+        if cloud is not None:
+            cloud.on_tick(loop.status)
 
     loop = ControlLoop(
         site=site,
@@ -52,10 +61,28 @@ async def serve(config: LoadedConfig) -> int:
         on_tick=on_tick,
         slots=book.slots,
     )
+    loop.condition_sources.append(outbox_conditions(outbox))
+    cloud = None
+    if config.mqtt is not None:
+        cloud = CloudLink(
+            config.mqtt,
+            site=site,
+            db=db,
+            outbox=outbox,
+            book=book,
+            status=lambda: loop.status,
+            config_source=config.source,
+        )
+        loop.fault_listeners.append(cloud.on_fault)
     sock = ControlSocket(
         service.runtime_dir / SOCKET_NAME,
         status=lambda: loop.status,
-        commands={**limit_commands(book), **fault_commands(loop)},
+        commands={
+            **limit_commands(book),
+            **fault_commands(loop),
+            **(cloud.socket_commands() if cloud is not None else {}),
+            **device_commands(site=site, meters=meters, evses=evses, pool=BUS_POOL, gate=gate),
+        },
         mode=service.socket_mode,
         group=service.socket_group,
     )
@@ -72,12 +99,16 @@ async def serve(config: LoadedConfig) -> int:
     try:
         await loop.start()
         await sock.start()
+        if cloud is not None:
+            await cloud.start()
         notifier.ready(f"controlling {len(site.connectors)} connectors")
         await loop.run()
         notifier.stopping()
         log.info("service_stopping")
         await loop.stop_to_fallback()
     finally:
+        if cloud is not None:
+            await cloud.close()
         await sock.close()
         await loop.close()
         db.close()

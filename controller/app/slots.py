@@ -8,6 +8,9 @@ the engine takes the minimum over the slots that apply and clamps them to the co
 ratings, so a value above a rating is accepted with a note that the rating stays the limit.
 
 Time-of-use caps are not here: they come from the site config (``Site.time_of_use``).
+
+``listeners`` hear every change after it took effect (``set``, ``cleared``, ``expired``): the
+cloud links turn them into ``limit_changed`` events.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from controller.core.slots import SITE, LimitSlot, SlotSource
 from controller.store.db import Database, StoreError
 
 log = structlog.get_logger("evsite.limits")
+
+# (action, slot): action is "set", "cleared" or "expired".
+SlotListener = Callable[[str, LimitSlot], None]
 
 CIRCUIT_PREFIX = "circuit:"
 CONNECTOR_PREFIX = "connector:"
@@ -81,6 +87,7 @@ class SlotBook:
         self._wall = wall
         self._circuits = {c.id: c for c in site.circuits}
         self._connectors = {k.id: k for k in site.connectors}
+        self.listeners: list[SlotListener] = []
         now = wall()
         try:
             db.purge_expired(now)
@@ -200,6 +207,7 @@ class SlotBook:
             replaced=replaced,
         )
         self._journal(now, "limit_slot_set", slot, replaced=replaced)
+        self._notify("set", slot)
         return SlotAccepted(slot=slot, replaced=replaced, notes=self._notes(slot))
 
     def clear(self, source: SlotSource, slot_id: str) -> LimitSlot | None:
@@ -218,6 +226,7 @@ class SlotBook:
         self._rebuild()
         log.info("limit_slot_cleared", source=source.value, id=slot_id, reason="request")
         self._journal(self._wall(), "limit_slot_cleared", slot, reason="request")
+        self._notify("cleared", slot)
         return slot
 
     def clear_all(self, source: SlotSource) -> tuple[LimitSlot, ...]:
@@ -238,6 +247,7 @@ class SlotBook:
                 cleared.append(slot)
                 log.info("limit_slot_cleared", source=source.value, id=slot_id, reason="request")
                 self._journal(self._wall(), "limit_slot_cleared", slot, reason="request")
+                self._notify("cleared", slot)
         finally:
             self._rebuild()
         return tuple(cleared)
@@ -253,15 +263,25 @@ class SlotBook:
         gone = [
             key for key, s in self._by_key.items() if s.ends_at is not None and s.ends_at <= now
         ]
-        for key in gone:
-            slot = self._by_key.pop(key)
+        expired = [self._by_key.pop(key) for key in gone]
+        for slot in expired:
             log.info("limit_slot_cleared", source=slot.source.value, id=slot.id, reason="expired")
         self._rebuild()
+        for slot in expired:
+            self._notify("expired", slot)
         try:
             self._db.purge_expired(now)
         except StoreError as exc:
             # The slots are gone from the tick anyway; the next start purges the file.
             log.error("state_write_failed", error=str(exc))
+
+    def _notify(self, action: str, slot: LimitSlot) -> None:
+        for listener in self.listeners:
+            try:
+                listener(action, slot)
+            except Exception:
+                # A listener's failure (the cloud link) must not undo or hide a stored change.
+                log.exception("limit_listener_failed", action=action, slot=slot.key)
 
     def _check_scope(self, scope: str) -> None:
         if scope == SITE:

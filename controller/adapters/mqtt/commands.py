@@ -1,0 +1,235 @@
+"""Adapters layer: commands from the cloud on ``cmd/<name>``, checked whole before anything runs.
+
+Sans-IO: a received request goes in, the reply to publish (topic, payload, correlation data)
+comes out. The payload of a request is a JSON object with the command's arguments. Where the
+answer goes:
+
+- MQTT 5: the request's Response Topic property; its Correlation Data is echoed.
+- MQTT 3.1.1 (or a 5 client that sets no Response Topic): two reserved keys in the payload,
+  ``reply_to`` (a topic ``evsite/v1/<site>/reply/<client>``) and ``correlation_id`` (text,
+  echoed in the reply's payload).
+- Neither: the command runs and nobody is answered.
+
+Arguments are validated by a pydantic model (strict types, no unknown key). A bad request gets
+``{"ok": false, "error": ..., "field": ...}`` naming the field and its handler never runs; a
+handler refuses with CommandRejected before it changes anything. Retained requests are refused:
+a command left on the broker would run again at every reconnect.
+
+The handlers are the application's (controller.app.cloud): this module only knows the models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from controller.adapters.mqtt.payloads import dumps
+from controller.adapters.mqtt.topics import Topics
+from controller.core.errors import PermanentError
+
+P = TypeVar("P", bound=BaseModel)
+Result = Mapping[str, Any]
+
+MAX_CORRELATION_CHARS = 128
+RESERVED_KEYS = ("reply_to", "correlation_id")
+
+
+class CommandRejected(PermanentError):
+    """A command understood but refused; nothing was applied. ``field``: the input at fault."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec(Generic[P]):
+    payload: type[P]
+    run: Callable[[P], Result | Awaitable[Result]]
+
+
+# JSON from the network: strict types, nothing unknown, no NaN.
+_PAYLOAD = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class LimitSet(BaseModel):
+    """``limit_set``: a cloud limit (source ``cloud``), in A per phase or in kW in total."""
+
+    model_config = _PAYLOAD
+    id: str = "site"
+    scope: str = "site"  # site, circuit:<id> or connector:<id>
+    current_a: float | None = Field(default=None, ge=0)
+    power_kw: float | None = Field(default=None, ge=0)
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+    duration_s: float | None = Field(default=None, gt=0)
+    note: str = ""
+
+
+class SlotClear(BaseModel):
+    """``limit_clear`` / ``demand_response_clear``: one by id, or all of them."""
+
+    model_config = _PAYLOAD
+    id: str | None = None
+    all: bool = False
+
+
+class DemandResponseSet(BaseModel):
+    """``demand_response_set``: a power cap between two times, with an optional floor."""
+
+    model_config = _PAYLOAD
+    id: str
+    power_kw: float = Field(ge=0)
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    floor_kw: float | None = Field(default=None, ge=0)
+    scope: str = "site"
+    note: str = ""
+
+
+class NoArguments(BaseModel):
+    model_config = _PAYLOAD
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """A message received on ``cmd/<name>``."""
+
+    topic: str
+    payload: bytes
+    retained: bool = False
+    response_topic: str | None = None  # MQTT 5 property
+    correlation_data: bytes | None = None  # MQTT 5 property
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    topic: str
+    payload: bytes
+    correlation_data: bytes | None = None  # set as the MQTT 5 property
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    command: str
+    ok: bool
+    reply: Reply | None  # None: the request named nowhere to answer
+    error: str | None = None
+    field: str | None = None
+
+
+class CommandTable:
+    def __init__(self, topics: Topics, commands: Mapping[str, CommandSpec[Any]]) -> None:
+        self.topics = topics
+        self.commands = dict(commands)
+
+    async def handle(self, request: Request) -> Outcome:
+        name = self.topics.command_name(request.topic) or request.topic
+        reply_to: str | None = request.response_topic
+        correlation_id: str | None = None
+        answer: dict[str, Any]
+        try:
+            document = _object(request.payload)
+            if request.response_topic is None:
+                reply_to = self._reply_to(document)
+                correlation_id = _correlation_id(document)
+            for key in RESERVED_KEYS:
+                document.pop(key, None)
+            answer = {"ok": True, "result": dict(await self._run(name, request, document))}
+        except CommandRejected as exc:
+            answer = {"ok": False, "error": exc.message}
+            if exc.field is not None:
+                answer["field"] = exc.field
+        answer = {"command": name, **answer}
+        if correlation_id is not None:
+            answer["correlation_id"] = correlation_id
+        reply = None
+        if reply_to is not None:
+            reply = Reply(
+                topic=reply_to,
+                payload=dumps(answer).encode(),
+                correlation_data=request.correlation_data,
+            )
+        return Outcome(
+            command=name,
+            ok=bool(answer["ok"]),
+            reply=reply,
+            error=answer.get("error"),
+            field=answer.get("field"),
+        )
+
+    def _reply_to(self, document: dict[str, Any]) -> str | None:
+        reply_to = document.get("reply_to")
+        if reply_to is None:
+            return None
+        if not isinstance(reply_to, str) or not self.topics.is_reply_topic(reply_to):
+            # Nowhere safe to answer: a topic outside the site's reply/ tree is never written.
+            raise CommandRejected(
+                f"reply_to must be a topic {self.topics.reply_prefix}<client>, got {reply_to!r}",
+                field="reply_to",
+            )
+        return reply_to
+
+    async def _run(self, name: str, request: Request, document: dict[str, Any]) -> Result:
+        spec = self.commands.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.commands))
+            raise CommandRejected(f"unknown command {name!r}; commands: {known}")
+        if request.retained:
+            raise CommandRejected(
+                "a retained command is refused (it would run again at every reconnect); "
+                "publish commands with retain=false"
+            )
+        try:
+            # Back to JSON so that pydantic parses it in JSON mode (ISO times as text).
+            payload = spec.payload.model_validate_json(json.dumps(document))
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        result = spec.run(payload)
+        if isinstance(result, Awaitable):
+            result = await result
+        return result
+
+
+def _correlation_id(document: dict[str, Any]) -> str | None:
+    correlation = document.get("correlation_id")
+    if correlation is not None and (
+        not isinstance(correlation, str) or len(correlation) > MAX_CORRELATION_CHARS
+    ):
+        raise CommandRejected(
+            f"correlation_id must be text of at most {MAX_CORRELATION_CHARS} characters",
+            field="correlation_id",
+        )
+    return correlation
+
+
+def _object(payload: bytes) -> dict[str, Any]:
+    if not payload.strip():
+        return {}
+    try:
+        document = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CommandRejected(f"the payload is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise CommandRejected("the payload must be a JSON object of arguments")
+    return document
+
+
+def _invalid(exc: ValidationError) -> CommandRejected:
+    """The first problem of a payload, naming its field."""
+    err = exc.errors(include_url=False)[0]
+    loc = err["loc"]
+    field = ".".join(str(p) for p in loc) if loc else None
+    if err["type"] == "extra_forbidden":
+        message = f"unknown field {field!r}"
+    elif err["type"] == "missing":
+        message = f"{field}: missing"
+    else:
+        text = err["msg"][:1].lower() + err["msg"][1:]
+        message = f"{field}: {text}, got {err.get('input')!r}" if field else text
+    return CommandRejected(message, field=field)

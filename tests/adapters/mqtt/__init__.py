@@ -1,0 +1,1 @@
+"""Tests of the MQTT link against a real mosquitto broker."""
