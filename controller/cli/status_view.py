@@ -75,4 +75,12 @@ def render_status(status: dict[str, Any]) -> Group:
     offline = [d["id"] for d in status.get("devices", []) if not d["online"]]
     if offline:
         parts.append(Text(f"offline: {', '.join(offline)}", style="red"))
+    mqtt = status.get("mqtt")
+    if mqtt:
+        line = (
+            f"cloud (MQTT {mqtt['broker']}): {mqtt['state']}, {mqtt['events_queued']} events queued"
+        )
+        if mqtt.get("last_error") and mqtt["state"] != "connected":
+            line += f" ({mqtt['last_error']})"
+        parts.append(Text(line, style="green" if mqtt["state"] == "connected" else "yellow"))
     return Group(*parts)
