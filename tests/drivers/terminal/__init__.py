@@ -1,0 +1,1 @@
+"""Tests for the payment-terminal drivers: the sans-IO ZVT codec and its transport."""
