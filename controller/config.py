@@ -52,6 +52,7 @@ from drivers.registry import (
     GENERIC_METER,
     METER_DRIVERS,
     capabilities,
+    line_time_s,
 )
 
 __all__ = [
@@ -1071,6 +1072,7 @@ class _Loader:
         self.cap_unwatched = control_m.cap_unwatched if control_m is not None else True
         meter_specs = tuple(self.device_spec(path, m) for path, m in meters)
         connectors = [self.connector(path, e) for path, e in evses]
+        self.check_line_capacity(meter_specs, connectors, evses, control)
         tree = None
         if tree_sound and grid_m is not None and len(circuits) == len(self.raw_list("circuits")):
             tree = self.circuit_tree(grid_m, circuits)
@@ -1639,6 +1641,52 @@ class _Loader:
                     (*first_path, "transport"),
                     f"the timeouts of all devices on {port} add up to {_n(total)} s, more than "
                     f"tick_s {_n(control.tick_s)} s; if they all stop answering, a tick overruns",
+                )
+
+    def check_line_capacity(
+        self,
+        meters: Sequence[DeviceSpec],
+        connectors: Sequence[Connector],
+        evses: Sequence[tuple[KeyPath, _EvseModel]],
+        control: ControlSettings,
+    ) -> None:
+        """Warn when a serial line cannot poll its meters every tick and each EVSE within its
+        staleness budget (EVSEs are read round-robin on a slow line), or cannot send a
+        decrease to every EVSE on it within one tick. Figures: wire time + 2 x t3.5 + 20 ms
+        turnaround per transaction (drivers/modbus/timing.py)."""
+        paths = {e.id: path for path, e in evses}
+        lines: dict[str, list[tuple[DeviceSpec, bool]]] = {}
+        for spec in meters:
+            if isinstance(spec.transport, SerialTransport):
+                lines.setdefault(spec.transport.port, []).append((spec, False))
+        for conn in connectors:
+            if isinstance(conn.evse.transport, SerialTransport):
+                lines.setdefault(conn.evse.transport.port, []).append((conn.evse, True))
+        for port, members in lines.items():
+            evse_specs = [spec for spec, is_evse in members if is_evse]
+            if not evse_specs:
+                continue
+            meter_s = sum(line_time_s(spec)[0] for spec, is_evse in members if not is_evse)
+            reads_s = sum(line_time_s(spec)[0] for spec in evse_specs)
+            writes_s = sum(line_time_s(spec)[1] for spec in evse_specs)
+            where = (*paths[evse_specs[0].id], "transport")
+            budget_s = 0.7 * control.tick_s - meter_s
+            # Each EVSE must be read before its reading counts as stale.
+            rounds = max(1.0, (control.evse_stale_s - control.tick_s) / control.tick_s)
+            if budget_s <= 0 or reads_s > budget_s * rounds:
+                self.warn(
+                    where,
+                    f"serial line {port} cannot keep up: its meters take {meter_s * 1000:.0f} ms "
+                    f"a tick and reading its {len(evse_specs)} EVSEs {reads_s * 1000:.0f} ms, "
+                    f"so an EVSE is not read within evse_stale_s {_n(control.evse_stale_s)} s; "
+                    "use a faster baud rate, fewer devices on the line, or the meter on a line "
+                    "of its own",
+                )
+            elif meter_s + writes_s > control.tick_s:
+                self.warn(
+                    where,
+                    f"serial line {port}: a decrease to all {len(evse_specs)} EVSEs at once takes "
+                    f"{(meter_s + writes_s) * 1000:.0f} ms with the meters, more than one tick",
                 )
 
     def circuit_tree(

@@ -20,6 +20,7 @@ from pathlib import Path
 from controller.core.errors import ConfigError
 from controller.core.ports import Evse, Meter
 from controller.core.site import DeviceSpec
+from drivers.modbus import timing
 from drivers.modbus.bus import BusPool
 from drivers.modbus.evse import RegisterMapEvse
 from drivers.modbus.meter import RegisterMapMeter
@@ -140,6 +141,19 @@ def _register_map(spec: DeviceSpec, known: dict[str, str], generic: str, what: s
             )
         return load_map_file(path)
     return load_builtin_map(spec.driver)
+
+
+def line_time_s(spec: DeviceSpec) -> tuple[float, float]:
+    """(one poll, one limit write) of ``spec`` on its serial line, in seconds; (0, 0) on TCP
+    or when the map cannot be loaded (that is reported elsewhere)."""
+    try:
+        if spec.driver in EVSE_DRIVERS:
+            rmap = _register_map(spec, EVSE_DRIVERS, GENERIC_EVSE, "EVSE")
+        else:
+            rmap = _register_map(spec, METER_DRIVERS, GENERIC_METER, "meter")
+    except ConfigError:
+        return (0.0, 0.0)
+    return (timing.read_s(rmap, spec.transport), timing.write_s(rmap, spec.transport))
 
 
 def build_meter(spec: DeviceSpec, *, pool: BusPool | None = None) -> Meter:

@@ -1819,3 +1819,32 @@ def test_mqtt_warnings_plain_text_to_a_remote_broker_and_test_injection(tmp_path
         in (config.warnings[0])
     )
     assert "test event injection is on" in config.warnings[1]
+
+
+def _rs485_site(tmp_path: Path, boxes: int, baud: int) -> Path:
+    line = f"{{type: serial, port: /dev/ttyUSB0, baudrate: {baud}, parity: E, stopbits: 1}}"
+    rows = "".join(
+        f"  - {{id: hd{i}, driver: heidelberg_ec, transport: {line}, unit_id: {i + 1},\n"
+        f"     fallback_current_a: 0}}\n"
+        for i in range(boxes)
+    )
+    p = tmp_path / "site.yaml"
+    p.write_text(
+        "site: {id: s, timezone: Europe/Berlin, nominal_voltage_v: 230}\n"
+        "grid: {rating_a: 250, margin_a: 0, meter: m}\n"
+        f"meters:\n  - {{id: m, driver: eastron_sdm630, transport: {line}, unit_id: 100}}\n"
+        f"evses:\n{rows}"
+    )
+    return p
+
+
+def test_a_serial_line_that_cannot_keep_up_is_named(tmp_path: Path) -> None:
+    slow = load_config(_rs485_site(tmp_path, 40, 9600))
+    assert any(
+        "serial line /dev/ttyUSB0 cannot keep up" in w and "40 EVSEs" in w for w in slow.warnings
+    ), slow.warnings
+    # 20 boxes are read in turn within evse_stale_s, but a decrease to all takes > 1 tick.
+    busy = load_config(_rs485_site(tmp_path, 20, 9600))
+    assert any("a decrease to all 20 EVSEs at once takes" in w for w in busy.warnings)
+    fine = load_config(_rs485_site(tmp_path, 3, 19200))
+    assert not any("cannot keep up" in w for w in fine.warnings), fine.warnings

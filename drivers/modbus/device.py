@@ -12,6 +12,7 @@ from types import MappingProxyType
 
 from controller.core.errors import ConfigError, DeviceError, DeviceUnavailable
 from controller.core.site import DeviceSpec, SerialTransport, TcpTransport
+from drivers.modbus import timing
 from drivers.modbus.bus import BusPool
 from drivers.modbus.client import ModbusClient
 from drivers.modbus.registermap import (
@@ -144,6 +145,11 @@ class RegisterMapDevice:
     @property
     def read_plan(self) -> tuple[ReadBlock, ...]:
         return self._plan
+
+    @property
+    def read_estimate_s(self) -> float:
+        """Line time of one poll on a serial line (0 on TCP): for round-robin reading."""
+        return timing.read_s(self._map, self._spec.transport, self._plan)
 
     @property
     def last_values(self) -> Mapping[str, Value]:
