@@ -103,10 +103,14 @@ async def serve(config: LoadedConfig) -> int:
             await cloud.start()
         notifier.ready(f"controlling {len(site.connectors)} connectors")
         await loop.run()
+    finally:
+        # Whatever ended the loop (SIGTERM, a crash), the EVSEs go to their fallback current.
         notifier.stopping()
         log.info("service_stopping")
-        await loop.stop_to_fallback()
-    finally:
+        try:
+            await loop.stop_to_fallback()
+        except Exception as exc:
+            log.error("shutdown_fallback_failed", error=repr(exc))
         if cloud is not None:
             await cloud.close()
         await sock.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,12 @@ from controller.store.db import Database, StoreError
 log = structlog.get_logger("evsite.control")
 
 T = TypeVar("T")
+
+# Ticks that may fail in a row (logged) before the loop gives up, falls back and exits.
+MAX_FAILED_TICKS = 5
+# An EVSE that is offline is written at most this often (a probe), not every tick: on a shared
+# RS-485 line each write to a dead box costs a full timeout in front of the healthy ones.
+OFFLINE_WRITE_PERIOD_S = 10.0
 
 # A limit differing by less than this from the last written one is not rewritten.
 WRITE_DEADBAND_A = 0.05
@@ -78,6 +85,8 @@ class ControlLoop:
         self.allocation: Allocation | None = None
         self.write_failed: set[str] = set()
         self._unsaved: dict[str, tuple[float, str]] = {}
+        self._setup_done: set[str] = set()
+        self._last_attempt_s: dict[str, float] = {}
         self.faults = FaultBook()
         # Hooks for the cloud links (controller.app.cloud): more fault conditions each tick
         # (outbox alarms), and every fault transition once it is logged.
@@ -122,6 +131,10 @@ class ControlLoop:
         except EvsiteError as exc:
             health.failed(str(exc) or type(exc).__name__)
             return None
+        except Exception as exc:  # a driver bug must cost this device, not the whole site
+            log.error("device_call_crashed", device=device, error=repr(exc))
+            health.failed(f"internal error: {type(exc).__name__}")
+            return None
         health.ok(self.clock())
         return result
 
@@ -138,18 +151,33 @@ class ControlLoop:
         previous = self.db.written_limits()
         if previous:
             log.info("state_restored", written={k: v.written_a for k, v in previous.items()})
+        for cid, row in previous.items():
+            if cid in self.written:
+                # An EVSE we cannot reach now may still run on this: the engine reserves it.
+                self.written[cid] = _Written(current_a=row.written_a, at_s=-math.inf)
 
         async def prepare(cid: str) -> None:
-            evse = self.evses[cid]
-            fallback = self._connectors[cid].fallback_current_a
-            await self._guard(cid, self._budget_s(cid) * 2, evse.setup(fallback))
-            for warning in getattr(evse, "setup_warnings", ()):
-                # e.g. an Alfen whose safe current (set on the station) is not our fallback
-                log.warning("evse_setup_warning", connector=cid, detail=warning)
-            await self._write(cid, fallback, reason="startup")
+            await self._setup(cid)
+            await self._write(cid, self._connectors[cid].fallback_current_a, reason="startup")
 
         await asyncio.gather(*(prepare(cid) for cid in self.evses))
         self._save_limits()
+
+    async def _setup(self, cid: str) -> bool:
+        """Programme an EVSE's fallback current and watchdog; retried from the tick until it
+        succeeds (an EVSE offline at start must not run without them)."""
+        evse = self.evses[cid]
+        fallback = self._connectors[cid].fallback_current_a
+        done = await self._guard(
+            cid, self._budget_s(cid) * 2, self._call_true(evse.setup(fallback))
+        )
+        if not done:
+            return False
+        self._setup_done.add(cid)
+        for warning in getattr(evse, "setup_warnings", ()):
+            # e.g. an Alfen whose safe current (set on the station) is not our fallback
+            log.warning("evse_setup_warning", connector=cid, detail=warning)
+        return True
 
     async def stop_to_fallback(self) -> None:
         """On shutdown: every EVSE to its fallback current (best effort, bounded)."""
@@ -170,8 +198,18 @@ class ControlLoop:
     async def run(self) -> None:
         tick_s = self.site.control.tick_s
         next_at = self.clock()
+        crashed_in_row = 0
         while not self._stop.is_set():
-            await self.tick()
+            try:
+                await self.tick()
+                crashed_in_row = 0
+            except Exception as exc:  # never let one bad tick kill the loop silently
+                crashed_in_row += 1
+                log.exception("tick_failed", error=repr(exc), in_row=crashed_in_row)
+                if crashed_in_row >= MAX_FAILED_TICKS:
+                    # Something is persistently wrong: leave the site in its safe state and
+                    # exit non-zero, so systemd restarts us (Restart=always).
+                    raise
             next_at += tick_s
             now = self.clock()
             if next_at < now:  # overran: skip the missed slots rather than bunching ticks
@@ -197,10 +235,11 @@ class ControlLoop:
         )
         previous = self.allocation
         allocation = allocate(self.site, snap, previous)
+        self.allocation = allocation
+        # Limits first (a decrease must not wait for a disk), then the bookkeeping.
+        await self._apply(allocation, now_s)
         self._log_transitions(previous, allocation)
         self._track_faults(allocation, wall)
-        self.allocation = allocation
-        await self._apply(allocation, now_s)
         self._save_limits()
         self.ticks += 1
         self.last_tick_ms = (self.clock() - t0) * 1000.0
@@ -249,25 +288,41 @@ class ControlLoop:
         return chosen
 
     async def _apply(self, allocation: Allocation, now_s: float) -> None:
-        writes = []
+        decreases: list[tuple[str, float, str]] = []
+        others: list[tuple[str, float, str]] = []
         for cid, limit in allocation.limits.items():
             if cid not in self.evses:
                 continue
             last = self.written[cid]
+            health = self.health[cid]
+            # A dead EVSE costs a full timeout per write: probe it now and then only.
+            tried_s = self._last_attempt_s.get(cid, -math.inf)
+            if not health.online and health.seen and now_s - tried_s < OFFLINE_WRITE_PERIOD_S:
+                continue
             refresh_s = self._refresh_s[cid]
             if (
                 last is None
                 or abs(last.current_a - limit.current_a) >= WRITE_DEADBAND_A
                 or (refresh_s is not None and now_s - last.at_s >= refresh_s)
+                or cid not in self._setup_done
             ):
-                reason = (
-                    "change" if last is None or last.current_a != limit.current_a else "refresh"
-                )
-                writes.append(self._write(cid, limit.current_a, reason=reason))
-        if writes:
-            await asyncio.gather(*writes)
+                changed = last is None or last.current_a != limit.current_a
+                reason = "change" if changed else "refresh"
+                down = last is not None and limit.current_a < last.current_a
+                (decreases if down else others).append((cid, limit.current_a, reason))
+        # Decreases go out first: on a shared serial line they queue ahead of everything else.
+        for batch in (decreases, others):
+            if batch:
+                await asyncio.gather(*(self._write_checked(*w) for w in batch))
+
+    async def _write_checked(self, cid: str, current_a: float, reason: str) -> None:
+        if cid not in self._setup_done and not await self._setup(cid):
+            # Not programmed yet: never more than its fallback until it is.
+            current_a = min(current_a, self._connectors[cid].fallback_current_a)
+        await self._write(cid, current_a, reason=reason)
 
     async def _write(self, cid: str, current_a: float, *, reason: str) -> bool:
+        self._last_attempt_s[cid] = self.clock()
         before = self.written[cid]
         ok = await self._guard(
             cid, self._budget_s(cid), self._call_true(self.evses[cid].write_limit(current_a))
@@ -287,11 +342,12 @@ class ControlLoop:
     def _save_limits(self) -> None:
         """Persist the limits written since the last save, in one transaction."""
         rows = [(cid, a, at) for cid, (a, at) in self._unsaved.items()]
-        self._unsaved.clear()
         try:
             self.db.save_written_limits(rows)
         except StoreError as exc:
-            log.error("state_write_failed", error=str(exc))
+            log.error("state_write_failed", error=str(exc))  # kept: tried again next tick
+            return
+        self._unsaved.clear()
 
     @staticmethod
     async def _call_true(call: Awaitable[None]) -> bool:

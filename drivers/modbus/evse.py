@@ -19,7 +19,7 @@ from controller.core.model import ZERO3, EvseReading, EvseState
 from controller.core.site import DeviceSpec
 from drivers.modbus.bus import BusPool
 from drivers.modbus.device import RegisterMapDevice, number, number_option
-from drivers.modbus.registermap import DeviceKind, EvseSpec, RegisterMap, encode_value
+from drivers.modbus.registermap import DeviceKind, EvseSpec, RegisterMap, RegType, encode_value
 
 
 class RegisterMapEvse(RegisterMapDevice):
@@ -146,6 +146,7 @@ class RegisterMapEvse(RegisterMapDevice):
             raise ValueError(f"{self.name}: limit {current_a!r} A is not a finite number >= 0")
         sp = self._evse.setpoint
         enable = self._evse.enable
+        current_a = self._quantise(sp.field, current_a)
         if enable is None:
             await self.write_field(sp.field, sp.pause_value if current_a == 0 else current_a)
         elif current_a == 0:
@@ -154,6 +155,15 @@ class RegisterMapEvse(RegisterMapDevice):
             await self.write_field(sp.field, current_a)
             await self.write_field(enable.field, enable.on_value)
         await self.feed_watchdog()
+
+    def _quantise(self, field_name: str, current_a: float) -> float:
+        """Round a limit DOWN to what the register can hold (whole amps, 0.1 A, ...): encoding
+        rounds to nearest, and 21.7 A written as 22 A would overload a circuit by 0.3 A per
+        connector."""
+        field = self.register_map.field(field_name)
+        if field.type in (RegType.FLOAT32, RegType.FLOAT64) or field.scale <= 0:
+            return current_a
+        return round(math.floor(current_a / field.scale + 1e-9) * field.scale, 9)
 
     async def feed_watchdog(self) -> None:
         """Write the model's alive / life-bit register, if its watchdog has one.
