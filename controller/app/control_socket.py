@@ -276,9 +276,10 @@ def limit_commands(book: SlotBook) -> dict[str, Command[Any]]:
         if req.duration_s is not None:
             if ends_at is not None:
                 raise CommandRefused("give ends_at or duration_s, not both", field="duration_s")
-            if not math.isfinite(req.duration_s) or req.duration_s <= 0:
+            if not math.isfinite(req.duration_s) or not 0 < req.duration_s <= 366 * 86400:
                 raise CommandRefused(
-                    f"duration_s: must be a number of seconds > 0, got {req.duration_s!r}",
+                    f"duration_s: must be a number of seconds > 0 and at most a year, "
+                    f"got {req.duration_s!r}",
                     field="duration_s",
                 )
             ends_at = (starts_at or now) + timedelta(seconds=req.duration_s)

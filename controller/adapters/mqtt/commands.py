@@ -38,6 +38,10 @@ MAX_CORRELATION_CHARS = 128
 RESERVED_KEYS = ("reply_to", "correlation_id")
 
 
+# A limit window longer than a year is a mistake (and would overflow a datetime).
+MAX_DURATION_S = 366 * 24 * 3600.0
+
+
 class CommandRejected(PermanentError):
     """A command understood but refused; nothing was applied. ``field``: the input at fault."""
 
@@ -67,7 +71,7 @@ class LimitSet(BaseModel):
     power_kw: float | None = Field(default=None, ge=0)
     starts_at: AwareDatetime | None = None
     ends_at: AwareDatetime | None = None
-    duration_s: float | None = Field(default=None, gt=0)
+    duration_s: float | None = Field(default=None, gt=0, le=MAX_DURATION_S)
     note: str = ""
 
 
@@ -131,6 +135,18 @@ class CommandTable:
     async def handle(self, request: Request) -> Outcome:
         name = self.topics.command_name(request.topic) or request.topic
         reply_to: str | None = request.response_topic
+        own_tree = reply_to is not None and reply_to.startswith(f"{self.topics.prefix}/")
+        if reply_to is not None and own_tree and not self.topics.is_reply_topic(reply_to):
+            # A Response Topic inside this site's own tree must be under reply/: otherwise a
+            # requester could make the gateway publish on its events/ or state/ topics.
+            # (Outside the tree, the broker's ACL decides where the gateway may publish.)
+            return Outcome(
+                command=name,
+                ok=False,
+                reply=None,
+                error=f"response topic must be {self.topics.reply_prefix}<client>",
+                field="response_topic",
+            )
         correlation_id: str | None = None
         answer: dict[str, Any]
         try:

@@ -266,10 +266,25 @@ class MqttLink:
                     )
             except (OSError, ValueError) as exc:  # refused, unreachable, TLS, bad CA file
                 self._post(self._on_connect_failed, gen, _describe(exc))
+            except Exception as exc:  # anything else: report it and retry, never die silently
+                self._post(self._on_connect_failed, gen, f"internal error: {exc!r}")
             else:
                 if self._stop.is_set():  # close() came while we connected: leave at once
                     client.disconnect()
-                client.loop_forever()  # returns when this connection ends
+                # Tell paho this thread is its network thread (what loop_start() does): then a
+                # publish() from the event loop only queues the packet and wakes this thread,
+                # instead of writing to the socket itself, concurrently with this loop.
+                # (paho 2.x internals, as loop_start() sets them: the wake-up socket pair and
+                # the thread marker; paho is pinned below 3.)
+                if client._sockpairW is None:
+                    client._sockpairR, client._sockpairW = mqtt._socketpair_compat()
+                client._thread = threading.current_thread()
+                try:
+                    client.loop_forever()  # returns when this connection ends
+                except Exception as exc:  # a callback bug must not end the link for good
+                    self._post(self._on_connect_failed, gen, f"internal error: {exc!r}")
+                finally:
+                    client._thread = None
             self._current = None
             if established.is_set():
                 attempt = 0

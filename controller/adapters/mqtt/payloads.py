@@ -12,6 +12,7 @@ The status document of controller.app.status is the input; its keys are an inter
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -50,12 +51,22 @@ def envelope(*, event_id: str, ts: datetime, kind: str, site_id: str, data: Any)
     )
 
 
+def _finite(x: Any) -> float | None:
+    """A number for JSON, or None: NaN and infinities (a register with no value) are not JSON."""
+    if x is None:
+        return None
+    value = float(x)
+    return value if math.isfinite(value) else None
+
+
 def _r1(x: Any) -> float | None:
-    return None if x is None else round(float(x), 1)
+    value = _finite(x)
+    return None if value is None else round(value, 1)
 
 
 def _r0(x: Any) -> int | None:
-    return None if x is None else round(float(x))
+    value = _finite(x)
+    return None if value is None else round(value)
 
 
 def _phases(values: Sequence[Any] | None) -> list[float | None] | None:
