@@ -15,9 +15,10 @@ grid phase, over the whole circuit tree, and returns what bound each one. The st
    non-EV load being the node's meter minus the draws of the connectors below it (or the
    configured worst case without a meter). Limit slots and the unbalanced-load limit add
    constraints of their own; none can raise anything.
-4. Admission: minimum currents are granted in tier order (within a tier, whoever has waited or
-   run longest first; after ``rotation_s`` a running connector yields to a waiting one). A
-   connector whose minimum does not fit is paused: never 0 < I < min.
+4. Admission: minimum currents are granted in tier order (within a tier, the running ones
+   first, longest running first, then the waiting ones, longest waiting first; after
+   ``rotation_s`` a running connector yields to a waiting one). A connector whose minimum
+   does not fit is paused: never 0 < I < min.
 5. Sharing: what is left above the minimums goes strictly tier by tier; within a tier it is
    max-min fair in amps (water-filling, controller/core/waterfill.py).
 6. Dynamics: decreases go out at once; increases only after the EV followed its last step,
@@ -200,7 +201,9 @@ def _ev_phases(
         return (wired[0],), memory
     lm = site.load_management
     own = reading.current_a
-    others_on = any(own[i] >= lm.detect_on_a for i in (1, 2))
+    # A phase reading no number (NaN: unknown, or implausible) may carry current: it ends a
+    # detection as a measured current does (I4: unknown input never frees capacity).
+    others_on = any(not own[i] < lm.detect_on_a for i in (1, 2))
     if others_on:  # draws on L2/L3: 3-phase now, whatever was detected before
         return wired, replace(memory, ev_phases=None, one_phase_since_s=None)
     if memory.ev_phases is not None:
@@ -265,7 +268,33 @@ def _fresh(site: Site, snap: Snapshot, conn: Connector) -> EvseReading | None:
     reading = snap.evses.get(conn.id)
     if reading is None or snap.now_s - reading.at_s > site.control.evse_stale_s:
         return None
+    # No EV draws more than twice its connector's maximum (the meters' rule: twice the
+    # rating). Such a value is unknown, like NaN: taken as a draw it would shrink the non-EV
+    # load under the meters and raise the others, or pass for an EV that followed (I4).
+    ceiling = 2.0 * conn.max_current_a
+    if any(i > ceiling for i in reading.current_a):
+        a, b, c = (math.nan if i > ceiling else i for i in reading.current_a)
+        return replace(reading, current_a=(a, b, c))
     return reading
+
+
+def _own_cap_a(site: Site, conn: Connector, mem: ConnectorMemory, snap: Snapshot) -> float:
+    """A connector's own ceiling now: its maximum, its unwatched cap and the connector-scoped
+    slots in force (power over the phases its EV is counted on, as for a candidate)."""
+    cap = conn.max_current_a
+    if conn.unwatched_cap_a is not None:
+        cap = min(cap, conn.unwatched_cap_a)
+    phases = mem.ev_phases or (
+        conn.grid_phases[:1] if conn.ev_kind is EvKind.ONE_PHASE else conn.grid_phases
+    )
+    for slot in active_slots(snap.slots, snap.wall):
+        if slot.scope != f"connector:{conn.id}":
+            continue
+        if slot.current_a is not None:
+            cap = min(cap, slot.current_a)
+        elif slot.power_w is not None:
+            cap = min(cap, slot.power_w / (site.nominal_voltage_v * len(phases)))
+    return cap
 
 
 def _slot_scope_connectors(
@@ -340,10 +369,12 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
     for idx, conn in enumerate(site.connectors):
         reading = fresh[conn.id]
         written = snap.written_a.get(conn.id)
-        mem = prev_mem.get(conn.id) or ConnectorMemory(
-            limit_a=written if written is not None else conn.fallback_current_a,
-            changed_at_s=now,
-        )
+        start = written if written is not None else conn.fallback_current_a
+        if start < conn.min_current_a:
+            # A limit below the minimum charges nothing (e.g. written under an older config):
+            # start from 0, never hold or retry it (I2: never 0 < I < min).
+            start = 0.0
+        mem = prev_mem.get(conn.id) or ConnectorMemory(limit_a=start, changed_at_s=now)
         cmode = node_mode[conn.circuit]
         draw = _draw(conn, reading) if reading is not None else (0.0, 0.0, 0.0)
         vehicle = reading is not None and reading.state.vehicle_present
@@ -378,8 +409,13 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
             )
             fixed = max(written or 0.0, conn.fallback_current_a, mem.limit_a)
         elif conn.id in snap.write_failed:
-            # Keep asking for what we asked before (never more); count the worst case.
+            # Keep asking for what we asked before (never more); count the worst case. The
+            # retry obeys the connector's own bounds in force now (I2): a connector slot or
+            # cap that came in since must not be overridden by resending an older limit.
             retry = mem.limit_a if vehicle else 0.0
+            retry = min(retry, _own_cap_a(site, conn, mem, snap))
+            if retry < conn.min_current_a:
+                retry = 0.0
             limits[conn.id] = ConnectorLimit(
                 connector=conn.id, current_a=retry, bound=Bound.WRITE_FAILED
             )
@@ -754,13 +790,18 @@ def _admit(cands: list[_Cand], capacity: FloatArray, *, now: float, lm: LoadMana
     waiting_tiers = {c.tier for c in cands if c.memory.running_since_s is None and c.hi >= c.lo}
 
     def turn(c: _Cand) -> tuple[int, int, float, int]:
+        # Within a tier: the running (longest first, so the latest start pauses first), then
+        # the waiting (longest first), then the running that yield (rotation). A waiting
+        # connector must not outrank a running one by having waited longer than that one has
+        # run: that paused fresh starts after a tick and flapped, past min_on_s (found by the
+        # hysteresis property in tests/core/test_properties.py).
         mem = c.memory
         if mem.running_since_s is not None:
             ran = now - mem.running_since_s
             yields = c.tier in waiting_tiers and ran >= max(rotation_s, min_on_s)
-            return (-c.tier, 1 if yields else 0, mem.running_since_s, c.idx)
+            return (-c.tier, 2 if yields else 0, mem.running_since_s, c.idx)
         since = mem.waiting_since_s if mem.waiting_since_s is not None else now
-        return (-c.tier, 0, since, c.idx)
+        return (-c.tier, 1, since, c.idx)
 
     slack = capacity.copy()
     # Fast path: every minimum fits at once and nobody is waiting to resume.
@@ -783,7 +824,7 @@ def _admit(cands: list[_Cand], capacity: FloatArray, *, now: float, lm: LoadMana
         blocked = [k for k, w in c.keys if slack[k] < w * need - _EPS]
         if blocked:  # capacity first: a full circuit is the reason to show, not the timer
             c.pause_bound, c.pause_key = Bound.BELOW_MIN, blocked[0]
-            rotated = turn(c)[1] == 1
+            rotated = turn(c)[1] == 2  # it yields its turn to a waiting one
             if rotated:
                 c.pause_bound, c.pause_key = Bound.ROTATION, None
             continue
