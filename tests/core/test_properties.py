@@ -922,8 +922,7 @@ class SiteMachine(RuleBasedStateMachine):
             k
             for k in site.connectors
             if k.id not in view.fixed
-            and prev.current_a(k.id) > 0.0
-            and steered(prev, k)
+            and prev.current_a(k.id) > 0.0  # running before (as a share or not)
             and (r := view.fresh[k.id]) is not None
             and r.state.vehicle_present
         ]
@@ -941,8 +940,9 @@ class SiteMachine(RuleBasedStateMachine):
                 need = 0.0
                 for k in under:
                     if k in running and p in load_phases(site, view, a, k):
-                        over = view.draws[k.id][p] - prev.current_a(k.id)
-                        need += k.min_current_a + max(0.0, over)
+                        need += k.min_current_a
+                    if k.id not in view.fixed:  # an EV still drawing above its limit
+                        need += max(0.0, view.draws[k.id][p] - prev.current_a(k.id))
                 if need > node.rating_a - node.margin_a - ne[p] - fixed + TOL:
                     return True
         return False
