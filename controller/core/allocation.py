@@ -30,7 +30,6 @@ grid phase, over the whole circuit tree, and returns what bound each one. The st
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -834,8 +833,3 @@ def _admit(cands: list[_Cand], capacity: FloatArray, *, now: float, lm: LoadMana
         c.admitted = True
         for k, w in c.keys:
             slack[k] -= w * c.lo
-
-
-def node_limits(site: Site) -> Mapping[str, float]:
-    """Each node's per-phase rating less its margin (for tests and the status)."""
-    return {n.id: n.rating_a - n.margin_a for n in site.circuits}

@@ -210,12 +210,6 @@ class Site:
     def children(self, circuit_id: str) -> tuple[Circuit, ...]:
         return tuple(c for c in self.circuits if c.parent == circuit_id)
 
-    def connectors_under(self, circuit_id: str) -> tuple[Connector, ...]:
-        """Every connector fed through this circuit node (directly or through sub-boards)."""
-        return tuple(
-            k for k in self.connectors if any(a.id == circuit_id for a in self.ancestors(k.circuit))
-        )
-
 
 def parse_rotation(text: str) -> tuple[int, ...]:
     """``"L2L3L1"`` -> ``(1, 2, 0)``; ``"L3"`` -> ``(2,)``. Raises ValueError when malformed."""
