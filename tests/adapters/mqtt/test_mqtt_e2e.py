@@ -186,9 +186,10 @@ def test_a_broker_restart_during_a_burst_of_10000_events_loses_none(
             wait_until(lambda: ctl.status().get("mqtt", {}).get("state") == "connected", 10, "up")
             batch = inject(ctl, 10_000)
             assert batch["queued"] == 10_000
-            wait_until(lambda: len(cloud.on("/events/test")) >= 2_000, 30.0, "2000 events")
-            broker.restart()
+            wait_until(lambda: len(cloud.on("/events/test")) >= 500, 30.0, "500 events")
+            broker.stop()  # mid-burst: the link is faster than the test, so stop at once
             assert ctl.status()["mqtt"]["events_queued"] > 0  # the restart came mid-burst
+            broker.start()
             wait_until(
                 lambda: len({e["data"]["n"] for e in test_events(cloud)}) == 10_000,
                 60.0,
