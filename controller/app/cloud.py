@@ -64,6 +64,7 @@ class InjectRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     count: int = Field(ge=1, le=MAX_INJECT)
+    start: int = Field(default=0, ge=0)  # the first event's "n", so bursts can be split
 
 
 def outbox_conditions(outbox: Outbox) -> Callable[[], list[Condition]]:
@@ -323,7 +324,7 @@ class CloudLink:
             batch = str(uuid.uuid4())
             try:
                 stored = self.link.emit_many(
-                    "test", [{"batch": batch, "n": n} for n in range(req.count)]
+                    "test", [{"batch": batch, "n": n} for n in range(req.start, req.start + req.count)]
                 )
             except EvsiteError as exc:
                 raise CommandRefused(str(exc), field="count") from exc
