@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import math
 import re
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import time
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType, UnionType
 from typing import Annotated, Literal, NoReturn, TypeVar, Union, get_args, get_origin
@@ -45,6 +48,7 @@ from controller.core.site import (
     parse_rotation,
 )
 from controller.core.slots import TouPeriod
+from controller.core.tariff import DEFAULT_PREAUTH_CENTS, Tariff, TouPrice, round_half_up
 from drivers.modbus.registermap import DeviceKind, load_map_file
 from drivers.registry import (
     EVSE_DRIVERS,
@@ -64,11 +68,13 @@ __all__ = [
     "LoadedConfig",
     "LogFormat",
     "ServiceSettings",
+    "TariffPayload",
     "check_config",
     "check_config_text",
     "fallback_loads",
     "load_config",
     "load_config_text",
+    "tariff_from_payload",
 ]
 
 ROOT_CIRCUIT_ID = "grid"
@@ -113,6 +119,7 @@ class LoadedConfig:
     warnings: tuple[str, ...]
     source: Path
     mqtt: MqttSettings | None = None  # None: no cloud link over MQTT
+    tariff: Tariff | None = None  # None: no tariff, no card payments
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -657,6 +664,86 @@ class _MqttModel(BaseModel):
     allow_test_injection: bool = False
 
 
+# Finer than a hundredth of a cent per unit is a slip (or a binary float's tail), not a price.
+_MAX_PRICE_DECIMALS = 4
+_CURRENCY_RE = re.compile(r"[A-Z]{3}")
+
+
+def _exact_amount(value: object) -> object:
+    """A price or amount as an exact Decimal: ``0.39`` (YAML and JSON read a binary float; its
+    shortest text is what was written), ``"0.39"`` or ``1``; finite, >= 0, at most 4 decimals."""
+    shown = str(value) if isinstance(value, Decimal) else _show(value)
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        _fail(f"expected a number, got {shown}")
+    text = repr(value) if isinstance(value, float) else str(value).strip()
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        _fail(f"expected a number, got {shown}")
+    if not amount.is_finite():
+        _fail(f"must be a finite number, got {shown}")
+    if amount < 0:
+        _fail(f"must be >= 0, got {shown}")
+    exponent = amount.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > _MAX_PRICE_DECIMALS:
+        _fail(f"at most {_MAX_PRICE_DECIMALS} decimal places, got {shown}")
+    return amount
+
+
+def _valid_vat(value: Decimal) -> Decimal:
+    if value > 100:
+        _fail(f"must be within 0..100 (percent), got {value}")
+    return value
+
+
+def _valid_currency(value: str) -> str:
+    if not _CURRENCY_RE.fullmatch(value):
+        hint = f" (write {value.upper()!r})" if _CURRENCY_RE.fullmatch(value.upper()) else ""
+        _fail(
+            f"expected an ISO 4217 currency code of three capital letters like 'EUR', "
+            f"got {value!r}{hint}"
+        )
+    return value
+
+
+Amount = Annotated[Decimal, BeforeValidator(_exact_amount)]
+
+
+class _TariffTouModel(BaseModel):
+    """One item of ``tariff.time_of_use:``: an energy price on some days between two times."""
+
+    model_config = _STRICT
+    name: Annotated[str, AfterValidator(_valid_name)]
+    days: Days
+    start: Annotated[str, AfterValidator(_valid_start)]
+    end: Annotated[str, AfterValidator(_valid_end)]
+    price_per_kwh: Amount
+
+
+class TariffPayload(BaseModel):
+    """A tariff as the cloud sends it (JSON), for ``tariff_from_payload``: the keys of the site
+    file's ``tariff:`` except ``preauth_cap_cents``, which stays the site's own."""
+
+    model_config = _STRICT
+    id: Id
+    name: str | None = None
+    currency: Annotated[str, AfterValidator(_valid_currency)]
+    vat_rate_pct: Annotated[Decimal, BeforeValidator(_exact_amount), AfterValidator(_valid_vat)]
+    price_per_kwh: Amount
+    time_of_use: list[_TariffTouModel] = Field(default_factory=list)
+    price_per_minute: Amount = Decimal(0)
+    session_fee: Amount = Decimal(0)
+    idle_fee_per_minute: Amount = Decimal(0)
+    idle_grace_min: Amount = Decimal(0)
+    preauth_cents: int = Field(default=DEFAULT_PREAUTH_CENTS, gt=0)
+
+
+class _TariffModel(TariffPayload):
+    """``tariff:`` in the site file (docs/configuration.md, docs/payments.md)."""
+
+    preauth_cap_cents: Annotated[int, Field(gt=0)] | None = None
+
+
 _SECTIONS: dict[str, type[BaseModel]] = {
     "site": _SiteModel,
     "grid": _GridModel,
@@ -668,6 +755,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "time_of_use": _TimeOfUseModel,
     "service": _ServiceModel,
     "mqtt": _MqttModel,
+    "tariff": _TariffModel,
 }
 _REQUIRED_SECTIONS = ("site", "grid")
 
@@ -835,13 +923,8 @@ class _Loader:
         if problems:
             config = None
         elif config is not None:
-            config = LoadedConfig(
-                site=config.site,
-                service=config.service,
-                warnings=warnings,
-                source=config.source,
-                mqtt=config.mqtt,
-            )
+            # replace(): every other field (mqtt, tariff, ...) comes along as it is.
+            config = replace(config, warnings=warnings)
         return ConfigReport(source=self.source, problems=problems, warnings=warnings, config=config)
 
     # -- YAML --------------------------------------------------------------------------------
@@ -1048,6 +1131,11 @@ class _Loader:
             if root.get("mqtt") is not None
             else None
         )
+        tariff_m = (
+            self.validate(_TariffModel, ("tariff",), root["tariff"])
+            if root.get("tariff") is not None
+            else None
+        )
         circuits = self.items(_CircuitModel, "circuits")
         meters = self.items(_MeterModel, "meters")
         evses = self.items(_EvseModel, "evses")
@@ -1066,6 +1154,11 @@ class _Loader:
         control = self.check_control(control_m)
         load_management = self.load_management(load_m)
         time_of_use = self.time_of_use(periods)
+        tariff = (
+            self.tariff(("tariff",), tariff_m, tariff_m.preauth_cap_cents)
+            if tariff_m is not None
+            else None
+        )
         if grid_m is not None:
             self.check_grid_export(grid_m)
         self.check_buses([*meters, *evses], control)
@@ -1112,7 +1205,9 @@ class _Loader:
         mqtt = self.mqtt(mqtt_m, site.id) if mqtt_m is not None else None
         if self.problems:
             return None
-        return LoadedConfig(site=site, service=service, warnings=(), source=self.source, mqtt=mqtt)
+        return LoadedConfig(
+            site=site, service=service, warnings=(), source=self.source, mqtt=mqtt, tariff=tariff
+        )
 
     def mqtt(self, m: _MqttModel, site_id: str) -> MqttSettings | None:
         base: KeyPath = ("mqtt",)
@@ -1442,6 +1537,80 @@ class _Loader:
         if not sound or len(periods) != len(self.raw_list("time_of_use")):
             return None
         return tuple(p for _, p in built)
+
+    def tariff(self, base: KeyPath, m: TariffPayload, cap_cents: int | None) -> Tariff | None:
+        """The tariff, after the rules across its fields; None when one fails (reported)."""
+        sound = True
+        built: list[tuple[KeyPath, TouPrice]] = []
+        names: dict[str, KeyPath] = {}
+        for index, t in enumerate(m.time_of_use):
+            path: KeyPath = (*base, "time_of_use", index)
+            if t.name in names:
+                sound = False
+                self.error(
+                    (*path, "name"),
+                    f"duplicate time-of-use name {t.name!r}, already used by "
+                    f"{self.where(names[t.name])}",
+                )
+            names.setdefault(t.name, path)
+            if t.start == t.end:
+                sound = False
+                self.error(
+                    (*path, "end"),
+                    f"the price starts and ends at {t.start}; it would last no time (a whole "
+                    "day is start '00:00', end '24:00')",
+                )
+                continue
+            price = TouPrice(
+                name=t.name,
+                days=t.days,
+                start=_clock_time(t.start),
+                end=_clock_time(t.end),
+                price_per_kwh=t.price_per_kwh,
+            )
+            for other_path, other in built:
+                overlap = _first_overlap(_as_period(other), _as_period(price))
+                if overlap is not None:
+                    lowest = min(other.price_per_kwh, price.price_per_kwh)
+                    self.warn(
+                        path,
+                        f"overlaps {other.name!r} at {self.where(other_path)} on {overlap}; where "
+                        f"prices overlap the lowest price_per_kwh applies ({lowest} there)",
+                    )
+            built.append((path, price))
+        preauth_cents = m.preauth_cents
+        if cap_cents is not None and preauth_cents > cap_cents:
+            self.warn(
+                (*base, "preauth_cents"),
+                f"{preauth_cents} cents is above preauth_cap_cents {cap_cents}; "
+                f"{cap_cents} cents is pre-authorised",
+            )
+            preauth_cents = cap_cents
+        fee_cents = round_half_up(Fraction(m.session_fee) * 100)
+        if fee_cents >= preauth_cents:
+            sound = False
+            self.error(
+                (*base, "session_fee"),
+                f"{m.session_fee} {m.currency} ({fee_cents} cents) leaves nothing of the "
+                f"{preauth_cents} cents pre-authorised for charging; raise preauth_cents or "
+                "lower the fee",
+            )
+        if not sound:
+            return None
+        return Tariff(
+            id=m.id,
+            name=m.name if m.name is not None else m.id,
+            currency=m.currency,
+            vat_rate_pct=m.vat_rate_pct,
+            price_per_kwh=m.price_per_kwh,
+            time_of_use=tuple(p for _, p in built),
+            price_per_minute=m.price_per_minute,
+            session_fee=m.session_fee,
+            idle_fee_per_minute=m.idle_fee_per_minute,
+            idle_grace_min=m.idle_grace_min,
+            preauth_cents=m.preauth_cents,
+            preauth_cap_cents=cap_cents,
+        )
 
     def device_spec(self, path: KeyPath, device: _DeviceModel) -> DeviceSpec:
         t = device.transport
@@ -1827,6 +1996,51 @@ def _first_overlap(a: TouPeriod, b: TouPeriod) -> str | None:
         return f"{minute // 60:02d}:{minute % 60:02d}"
 
     return f"{DAY_NAMES[begin // 1440]} {clock(begin)}-{clock(end)}"
+
+
+def _as_period(price: TouPrice) -> TouPeriod:
+    """A time-of-use price as a schedule period, for the overlap check they share."""
+    return TouPeriod(
+        days=price.days, start=price.start, end=price.end, power_w=0.0, name=price.name
+    )
+
+
+def _no_json_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+_PAYLOAD_LABEL = "tariff update"
+
+
+def tariff_from_payload(
+    payload: bytes | str | Mapping[str, object], *, preauth_cap_cents: int | None = None
+) -> Tariff:
+    """A tariff from the cloud (JSON text or parsed data), checked as the site file's is.
+
+    ``preauth_cap_cents`` is the site's cap (its configured tariff's): an update can lower the
+    pre-authorisation, never raise it above the cap. JSON numbers are read as exact decimals.
+    Raises ConfigError whose problems read ``tariff update: key.path: message``.
+    """
+    data: object
+    if isinstance(payload, bytes | str):
+        try:
+            data = json.loads(payload, parse_float=Decimal, parse_constant=_no_json_constant)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ConfigError([f"{_PAYLOAD_LABEL}: not valid JSON: {exc}"]) from exc
+    else:
+        data = dict(payload)
+    loader = _Loader(_PAYLOAD_LABEL, Path("<payload>"))
+    loader.data = data
+    model = loader.validate(TariffPayload, (), data)
+    tariff = loader.tariff((), model, preauth_cap_cents) if model is not None else None
+    # A payload has no lines: "tariff update:1: key: ..." -> "tariff update: key: ...".
+    problems = [
+        f.text.replace(f"{_PAYLOAD_LABEL}:{f.line}: ", f"{_PAYLOAD_LABEL}: ", 1)
+        for f in loader.problems
+    ]
+    if problems or tariff is None:
+        raise ConfigError(problems)
+    return tariff
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,8 +1,9 @@
 """CLI layer: ``evsite config check FILE [--json]``, a technician's check of a site file.
 
 Loads the file through controller.config exactly as the service would. A valid file prints a
-tree of the site (circuits, meters, EVSEs) with each node's I5 fallback budget per phase and
-the warnings, exit 0; an invalid one prints every problem, exit 1; an unreadable one exit 2.
+tree of the site (circuits, meters, EVSEs) with each node's I5 fallback budget per phase,
+the tariff and the warnings, exit 0; an invalid one prints every problem, exit 1; an
+unreadable one exit 2.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from controller.core.site import (
     format_rotation,
 )
 from controller.core.slots import TouPeriod
+from controller.core.tariff import price_display, price_text
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -174,6 +176,8 @@ def site_summary(config: LoadedConfig) -> dict[str, object]:
             for t in site.time_of_use
         ],
         "service": service,
+        # The prices as a driver sees them before a session (exact decimal text).
+        "tariff": price_display(config.tariff) if config.tariff is not None else None,
     }
 
 
@@ -315,6 +319,11 @@ def _print_summary(config: LoadedConfig, out: TextIO) -> None:
     if site.time_of_use:
         periods = "; ".join(_period_text(t) for t in site.time_of_use)
         console.print(Text(f"time of use ({site.timezone}): {periods}"), soft_wrap=True)
+    if config.tariff is not None:
+        t = config.tariff
+        console.print(
+            Text(f"tariff {t.id} {t.name!r} ({site.timezone}): {price_text(t)}"), soft_wrap=True
+        )
     s = config.service
     console.print(
         Text(
