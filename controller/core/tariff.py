@@ -143,7 +143,7 @@ class TouPrice:
     def __post_init__(self) -> None:
         if not self.days or not self.days <= frozenset(range(1, 8)):
             raise ValueError(f"days must be ISO weekdays 1..7, got {sorted(self.days)}")
-        if self.start == self.end:
+        if self.start == self.end != time(0):  # 00:00 to 00:00 (24:00) is the whole day
             raise ValueError(f"time-of-use price {self.name!r} starts and ends at {self.start}")
         if self.start.tzinfo is not None or self.end.tzinfo is not None:
             raise ValueError("time-of-use clock times are local wall times, without a zone")
