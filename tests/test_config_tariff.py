@@ -121,6 +121,15 @@ def test_the_example_site_has_a_tariff() -> None:
     assert t is not None and t.currency == "EUR" and t.price_per_kwh == Decimal("0.39")
 
 
+def test_the_tariff_example_in_the_configuration_reference_loads(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = text.split("### `tariff`: what a session costs\n", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = load_config(write(tmp_path, SITE + block))
+    assert config.warnings == () and config.tariff is not None
+    assert config.tariff.price_per_kwh == Decimal("0.39")
+
+
 # --- one key at a time -----------------------------------------------------------------------
 
 
