@@ -35,6 +35,7 @@ import re
 import selectors
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -56,6 +57,12 @@ Direction = Literal["from_cp", "to_cp"]
 BootStatus = Literal["Accepted", "Pending", "Rejected"]
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 IdTagStatus = Literal["Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def node_problem() -> str | None:
@@ -282,7 +289,9 @@ class CentralSystem:
         ping_interval_s: int = 30,
     ) -> None:
         """
-        port: 0 picks a free one at the first start (kept by restarts).
+        directory: its own; holds config.json, messages.jsonl, violations.jsonl, server.log
+          (a new CentralSystem there starts a new log; a restart continues it).
+        port: 0 picks a free one now (kept by restarts), so `url()` works before `start()`.
         tls: serve wss:// with this server certificate (TLS >= 1.2; security profile 2).
         password / passwords: HTTP Basic auth (security profiles 1 and 2): the user must be the
           charge point's identity; the password is `passwords[identity]` if present, else
@@ -293,7 +302,11 @@ class CentralSystem:
         """
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.port = port
+        for stale in ("messages.jsonl", "violations.jsonl", "server.log"):
+            (directory / stale).unlink(missing_ok=True)  # a new central system, a new log
+        # known before the first start, so a charge point can be configured (or started while
+        # the backend is still down); free_port's race is the one the mosquitto fixture takes
+        self.port = port or free_port()
         self.http_port = 0
         self.tls = tls
         self.ping_interval_s = ping_interval_s
@@ -318,7 +331,7 @@ class CentralSystem:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0) -> None:
-        """Start the server and wait for its READY line; the first start fixes `port`."""
+        """Start the server on `port` and wait for its READY line."""
         if self.running:
             return
         node = shutil.which("node")

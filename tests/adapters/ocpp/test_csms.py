@@ -400,3 +400,30 @@ def test_stop_closes_the_charge_points_with_going_away(csms: CentralSystem) -> N
     asyncio.run(with_charge_point(csms, "CP_1", scenario))
     assert not csms.running
     assert csms.violations() == []  # readable after stop
+
+
+def test_url_known_before_start_and_a_newer_connection_replaces_the_older(
+    csms_factory: Callable[..., CentralSystem],
+) -> None:
+    csms = csms_factory()
+    url = csms.url("CP_1")
+
+    async def scenario() -> None:
+        with pytest.raises(OSError):  # the backend is down: refused
+            async with connect(url, subprotocols=[Subprotocol("ocpp1.6")], open_timeout=2):
+                pass
+        await asyncio.to_thread(csms.start)
+        assert csms.url("CP_1") == url
+        event = {"type": "StartupOfTheDevice", "timestamp": "2026-01-01T00:00:00Z"}
+        async with (
+            connect(url, subprotocols=[Subprotocol("ocpp1.6")]) as old,
+            connect(url, subprotocols=[Subprotocol("ocpp1.6")]) as new,
+        ):
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(old.recv(), 5)
+            answer = await RawChargePoint(new).call("SecurityEventNotification", event)
+            assert answer[0] == CALLRESULT
+            assert csms.connected() == ["CP_1"]
+        await csms.wait_event_async("replaced", "CP_1")
+
+    asyncio.run(scenario())

@@ -182,6 +182,8 @@ const rpc = new RPCServer({
     callTimeoutMs: 30000,
 });
 
+rpc.on('error', err => process.stderr.write(`websocket server error: ${err.stack}\n`));
+
 const connections = new Map();   // identity -> Connection (the newest)
 const errorInfo = new WeakMap(); // error object -> {violation?, messageId?} for the control API
 
