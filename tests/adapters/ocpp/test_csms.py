@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -119,6 +120,7 @@ def test_schema_invalid_boot_is_answered_with_callerror_and_counted(csms: Centra
         "call",
         "BootNotification",
     )
+    assert v.error_code == "OccurrenceConstraintViolation"
     assert "chargePointVendor" in v.error
     assert v.payload == {"chargePointModel": "test"}
     assert csms.unexpected_violations() == []
@@ -370,6 +372,14 @@ def test_tls_with_the_test_ca(
             await with_charge_point(csms, "CP_1", boot, password="secret", ssl_context=other)
 
     asyncio.run(scenario())
+    # TLS 1.1 (allowed on the client side here): the server answers with a protocol_version alert
+    probe = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{csms.port}", "-tls1_1",
+         "-cipher", "DEFAULT@SECLEVEL=0", "-CAfile", str(csms_tls_files.ca_file)],
+        input=b"", capture_output=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert probe.returncode != 0
+    assert b"alert protocol version" in probe.stdout + probe.stderr
 
 
 def test_restart_keeps_port_log_and_transaction_ids(csms: CentralSystem) -> None:

@@ -64,6 +64,11 @@ const CALLERROR_CODES = new Set([
     'GenericError',
 ]);
 
+const OCPP16_CODES = {
+    FormatViolation: 'FormationViolation',
+    OccurenceConstraintViolation: 'OccurrenceConstraintViolation',
+};
+
 const DEFAULT_CONFIG = {
     bootStatus: 'Accepted',          // Accepted | Pending | Rejected
     heartbeatInterval: 300,          // BootNotification.conf interval, seconds
@@ -254,7 +259,8 @@ class Connection {
                 kind: isCall ? 'call' : 'result',
                 action: method,
                 messageId,
-                errorCode: error.rpcErrorCode ?? null,
+                // the 1.6 spelling, as ocpp-rpc puts it in the CALLERROR it answers with
+                errorCode: OCPP16_CODES[error.rpcErrorCode] ?? error.rpcErrorCode ?? null,
                 error: error.message,
                 details: error.details?.errors ?? null,
                 payload: isCall ? params ?? null : result ?? null,
