@@ -440,7 +440,7 @@ PRICES = st.decimals(min_value=0, max_value=2, places=4, allow_nan=False, allow_
 
 @st.composite
 def tariffs(draw: st.DrawFn) -> Tariff:
-    tou = ()
+    tou: tuple[TouPrice, ...] = ()
     if draw(st.booleans()):
         start = time(draw(st.integers(0, 23)), draw(st.sampled_from([0, 30])))
         end = time(draw(st.integers(0, 23)), 15)
@@ -482,7 +482,11 @@ def test_cost_is_monotonic_rounded_once_and_adds_up(
     for seconds, wh, drawing, held in steps:
         wall += timedelta(seconds=seconds)
         u = u.record(
-            t, at=wall, energy_register_wh=max(0, u.register_wh + wh), drawing=drawing, held=held
+            t,
+            at=wall,
+            energy_register_wh=max(Fraction(0), u.register_wh + wh),
+            drawing=drawing,
+            held=held,
         )
         c = cost(t, u)
         # monotonic in energy and time, every part and the total
