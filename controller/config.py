@@ -18,7 +18,7 @@ import math
 import re
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import time
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -32,6 +32,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from controller.adapters.mqtt.settings import MqttSettings, TlsFiles
 from controller.core.errors import ConfigError
+from controller.core.sessions import SessionSettings
 from controller.core.site import (
     PHASE_NAMES,
     PHASES,
@@ -120,6 +121,7 @@ class LoadedConfig:
     source: Path
     mqtt: MqttSettings | None = None  # None: no cloud link over MQTT
     tariff: Tariff | None = None  # None: no tariff, no card payments
+    sessions: SessionSettings = field(default_factory=SessionSettings)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -639,6 +641,14 @@ class _ServiceModel(BaseModel):
     log_format: LogFormat = "auto"
 
 
+class _SessionsModel(BaseModel):
+    """``sessions:``: how a charging session starts (docs/configuration.md)."""
+
+    model_config = _STRICT
+    free_vend: bool = True
+    connection_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+
 class _TlsModel(BaseModel):
     model_config = _STRICT
     ca_file: Annotated[str, AfterValidator(_absolute)]
@@ -754,6 +764,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "load_management": _LoadManagementModel,
     "time_of_use": _TimeOfUseModel,
     "service": _ServiceModel,
+    "sessions": _SessionsModel,
     "mqtt": _MqttModel,
     "tariff": _TariffModel,
 }
@@ -1126,6 +1137,7 @@ class _Loader:
         control_m = self.section(_ControlModel, "control")
         load_m = self.section(_LoadManagementModel, "load_management")
         service_m = self.section(_ServiceModel, "service")
+        sessions_m = self.section(_SessionsModel, "sessions")
         mqtt_m = (
             self.validate(_MqttModel, ("mqtt",), root["mqtt"])
             if root.get("mqtt") is not None
@@ -1206,7 +1218,20 @@ class _Loader:
         if self.problems:
             return None
         return LoadedConfig(
-            site=site, service=service, warnings=(), source=self.source, mqtt=mqtt, tariff=tariff
+            site=site,
+            service=service,
+            warnings=(),
+            source=self.source,
+            mqtt=mqtt,
+            tariff=tariff,
+            sessions=(
+                SessionSettings(
+                    free_vend=sessions_m.free_vend,
+                    connection_timeout_s=sessions_m.connection_timeout_s,
+                )
+                if sessions_m is not None
+                else SessionSettings()
+            ),
         )
 
     def mqtt(self, m: _MqttModel, site_id: str) -> MqttSettings | None:

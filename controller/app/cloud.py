@@ -324,7 +324,8 @@ class CloudLink:
             batch = str(uuid.uuid4())
             try:
                 stored = self.link.emit_many(
-                    "test", [{"batch": batch, "n": n} for n in range(req.start, req.start + req.count)]
+                    "test",
+                    [{"batch": batch, "n": n} for n in range(req.start, req.start + req.count)],
                 )
             except EvsiteError as exc:
                 raise CommandRefused(str(exc), field="count") from exc

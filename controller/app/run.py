@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -19,13 +21,17 @@ from controller.app.device_commands import TickGate, device_commands
 from controller.app.logs import configure_logging
 from controller.app.sdnotify import SystemdNotifier
 from controller.app.service import ControlLoop, fault_commands, install_signal_handlers
+from controller.app.sessions import SessionDesk, session_commands
 from controller.app.slots import SlotBook
 from controller.config import LoadedConfig, load_config
 from controller.store.db import Database
 from controller.store.outbox import Outbox
+from controller.store.sessions import SessionStore
 from drivers.registry import BUS_POOL, build_evse, build_meter
 
 log = structlog.get_logger("evsite")
+
+CLEAN_SHUTDOWN = "clean_shutdown"  # marker: "1" once the EVSEs got their fallback on exit
 
 
 async def serve(config: LoadedConfig) -> int:
@@ -35,6 +41,19 @@ async def serve(config: LoadedConfig) -> int:
     db = Database.in_state_dir(service.state_dir)
     book = SlotBook(db, site)
     outbox = Outbox(db)  # shared by the cloud links (MQTT now, OCPP later)
+    tz = ZoneInfo(site.timezone)
+    desk = SessionDesk(
+        site=site,
+        store=SessionStore(db),
+        settings=config.sessions,
+        clock=time.monotonic,
+        wall_clock=lambda: datetime.now(tz),
+    )
+    # Whether the last run ended cleanly decides how its open transactions end (Reboot or
+    # PowerLoss) if their vehicles left meanwhile.
+    clean = db.marker(CLEAN_SHUTDOWN) == "1"
+    db.set_marker(CLEAN_SHUTDOWN, "0", datetime.now(UTC).isoformat())
+    desk.restore(clean_shutdown=clean)
     meters = {m.id: build_meter(m) for m in site.meters}
     evses = {c.id: build_evse(c.evse) for c in site.connectors}
     watchdog_s = notifier.watchdog_interval_s()
@@ -60,8 +79,10 @@ async def serve(config: LoadedConfig) -> int:
         clock=time.monotonic,
         on_tick=on_tick,
         slots=book.slots,
+        sessions=desk.observe,
     )
     loop.condition_sources.append(outbox_conditions(outbox))
+    loop.condition_sources.append(desk.conditions)
     cloud = None
     if config.mqtt is not None:
         cloud = CloudLink(
@@ -79,6 +100,7 @@ async def serve(config: LoadedConfig) -> int:
         status=lambda: loop.status,
         commands={
             **limit_commands(book),
+            **session_commands(desk),
             **fault_commands(loop),
             **(cloud.socket_commands() if cloud is not None else {}),
             **device_commands(site=site, meters=meters, evses=evses, pool=BUS_POOL, gate=gate),
@@ -109,6 +131,7 @@ async def serve(config: LoadedConfig) -> int:
         log.info("service_stopping")
         try:
             await loop.stop_to_fallback()
+            db.set_marker(CLEAN_SHUTDOWN, "1", datetime.now(UTC).isoformat())
         except Exception as exc:
             log.error("shutdown_fallback_failed", error=repr(exc))
         if cloud is not None:

@@ -29,7 +29,14 @@ from controller.core.allocation import allocate
 from controller.core.errors import EvsiteError
 from controller.core.faults import FaultBook, Transition
 from controller.core.faults import update as update_faults
-from controller.core.model import Allocation, Condition, EvseReading, MeterReading, Snapshot
+from controller.core.model import (
+    Allocation,
+    Condition,
+    EvseReading,
+    MeterReading,
+    Session,
+    Snapshot,
+)
 from controller.core.ports import Evse, Meter
 from controller.core.site import SerialTransport, Site
 from controller.core.slots import LimitSlot
@@ -38,6 +45,8 @@ from controller.store.db import Database, StoreError
 log = structlog.get_logger("evsite.control")
 
 T = TypeVar("T")
+# The session bookkeeping (controller.app.sessions): this tick's readings -> the engine's view.
+SessionSource = Callable[[Mapping[str, EvseReading | None], float, datetime], Mapping[str, Session]]
 
 # Ticks that may fail in a row (logged) before the loop gives up, falls back and exits.
 MAX_FAILED_TICKS = 5
@@ -68,6 +77,7 @@ class ControlLoop:
         clock: Callable[[], float],
         on_tick: Callable[[], None] | None = None,
         slots: Callable[[], tuple[LimitSlot, ...]] | None = None,
+        sessions: SessionSource | None = None,
     ) -> None:
         self.site = site
         self.meters = dict(meters)
@@ -76,6 +86,7 @@ class ControlLoop:
         self.clock = clock
         self.on_tick = on_tick
         self._slots = slots
+        self._sessions = sessions
         self.tz = ZoneInfo(site.timezone)
         self.started_s = clock()
         self.health = {d: DeviceHealth(d) for d in [*self.meters, *self.evses]}
@@ -232,6 +243,7 @@ class ControlLoop:
             written_a={c: (w.current_a if w else None) for c, w in self.written.items()},
             write_failed=frozenset(self.write_failed),
             slots=self._slots() if self._slots else (),
+            sessions=self._sessions(self.evse_readings, now_s, wall) if self._sessions else {},
         )
         previous = self.allocation
         allocation = allocate(self.site, snap, previous)

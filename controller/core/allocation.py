@@ -419,6 +419,12 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
                 connector=conn.id, current_a=retry, bound=Bound.WRITE_FAILED
             )
             fixed = max(written or 0.0, conn.fallback_current_a, *draw, retry)
+        elif vehicle and not _session_allows(snap, conn.id):
+            limits[conn.id] = ConnectorLimit(
+                connector=conn.id, current_a=0.0, bound=_hold_bound(snap, conn.id)
+            )
+            # Until the EV has followed the 0 A, what it still draws stays reserved.
+            fixed = max(draw)
         elif not vehicle:
             bound = Bound.NO_VEHICLE if reading.state.value == "A" else Bound.EVSE_FAULT
             limits[conn.id] = ConnectorLimit(connector=conn.id, current_a=0.0, bound=bound)
@@ -833,3 +839,21 @@ def _admit(cands: list[_Cand], capacity: FloatArray, *, now: float, lm: LoadMana
         c.admitted = True
         for k, w in c.keys:
             slack[k] -= w * c.lo
+
+
+def _session_allows(snap: Snapshot, connector: str) -> bool:
+    session = snap.sessions.get(connector)
+    return session is None or session.charging_allowed
+
+
+_HOLDS = {
+    "not_authorised": Bound.NOT_AUTHORISED,
+    "stopped": Bound.STOPPED,
+    "unavailable": Bound.UNAVAILABLE,
+}
+
+
+def _hold_bound(snap: Snapshot, connector: str) -> Bound:
+    session = snap.sessions.get(connector)
+    hold = session.hold if session is not None else ""
+    return _HOLDS.get(hold, Bound.NOT_AUTHORISED)

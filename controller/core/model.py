@@ -72,11 +72,15 @@ class Session:
 
     ``priority_tier`` comes from the session's authorisation (an idTag group, an OCPP or MQTT
     command); without one, the connector's configured tier applies. ``plugged_at_s`` is the
-    monotonic time the vehicle was plugged in.
+    monotonic time the vehicle was plugged in. A connector whose session may not draw current
+    (not authorised, stopped, unavailable) has ``charging_allowed`` False and ``hold`` saying
+    why; the engine gives it 0 A.
     """
 
     priority_tier: int | None = None
     plugged_at_s: float | None = None
+    charging_allowed: bool = True
+    hold: str = ""  # "not_authorised", "stopped" or "unavailable" when not allowed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +116,9 @@ class Bound(StrEnum):
     RAMP = "ramp"  # increasing, at most ramp_step_a per ramp_period_s
     SETTLING = "settling"  # waits for the EV to follow its last step before increasing
     NO_VEHICLE = "no_vehicle"  # nothing plugged in
+    NOT_AUTHORISED = "not_authorised"  # plugged in, the session is not authorised (yet)
+    STOPPED = "stopped"  # the session was stopped; the vehicle is still plugged in
+    UNAVAILABLE = "unavailable"  # the connector is set unavailable (OCPP, MQTT, CLI)
     EVSE_FAULT = "evse_fault"  # the EVSE reports E/F or is unknown
     EVSE_OFFLINE = "evse_offline"  # no fresh reading from the EVSE
     WRITE_FAILED = "write_failed"  # the last write failed; counted at its worst case

@@ -70,6 +70,38 @@ MIGRATIONS: Sequence[str] = (
         at          TEXT NOT NULL          -- UTC ISO 8601
     );
     """,
+    # 4: charging sessions (controller.store.sessions) and connector availability
+    """
+    CREATE TABLE sessions (
+        id              TEXT PRIMARY KEY,  -- UUID
+        connector       TEXT NOT NULL,
+        phase           TEXT NOT NULL,     -- SessionPhase: authorised, pending, active, ...
+        method          TEXT,              -- AuthMethod: free, id_tag, remote, card, ...
+        id_tag          TEXT,
+        priority_tier   INTEGER,
+        plugged_at      TEXT,              -- ISO 8601 with offset
+        authorised_at   TEXT,
+        started_at      TEXT,
+        ended_at        TEXT,
+        meter_start_wh  REAL,
+        meter_last_wh   REAL,
+        meter_stop_wh   REAL,
+        last_drawing_at TEXT,
+        stop_reason     TEXT,              -- OCPP 1.6 spelling: EVDisconnected, Remote, ...
+        stopped_by      TEXT,
+        ocpp_transaction_id INTEGER,
+        payment_id      TEXT,
+        updated_at      TEXT NOT NULL      -- UTC ISO 8601
+    );
+    CREATE INDEX sessions_open ON sessions(phase) WHERE phase <> 'closed';
+    CREATE INDEX sessions_by_start ON sessions(started_at);
+    CREATE TABLE connector_availability (
+        connector   TEXT PRIMARY KEY,
+        available   INTEGER NOT NULL,      -- 0: inoperative (no new session), 1: operative
+        source      TEXT NOT NULL,         -- who set it: ocpp, mqtt, cli
+        at          TEXT NOT NULL          -- UTC ISO 8601
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -456,7 +456,8 @@ _ANY_AMPS = [0.0, 0.4, 1.0, 5.9, 6.0, 9.7, 16.0, 31.9, 32.0, 40.0]
 _WRITTEN = ["last", "last", "last", "none", "fallback", "junk"]
 _REPORTS: list[Triple | None] = [None] * 18 + [(math.nan, 0.0, 0.0), (-3.0, -3.0, -3.0)]
 _FAILS = [False] * 11 + [True]
-_SESSION_TIERS: list[int | str | None] = ["none", "none", "none", None, 0, 1, 3, "none"]
+# "none": no session entry; "hold": a session that may not draw (not authorised, stopped)
+_SESSION_TIERS: list[int | str | None] = ["none", "none", "none", None, 0, 1, 3, "hold"]
 
 
 def readings(  # the tick's snapshot: a strategy in effect (it draws), not a composite
@@ -514,7 +515,10 @@ def readings(  # the tick's snapshot: a strategy in effect (it draws), not a com
         }[choice]
         if fails:
             failed.add(k.id)
-        if tier != "none" and n < 30:
+        if tier == "hold" and n < 30:
+            sessions[k.id] = Session(charging_allowed=False, hold="stopped")
+        elif tier not in ("none", "hold") and n < 30:
+            assert tier is None or isinstance(tier, int)
             sessions[k.id] = Session(priority_tier=tier, plugged_at_s=0.0)
         if kind == "missing":
             evses[k.id] = None

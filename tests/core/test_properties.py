@@ -168,6 +168,14 @@ def check_i2(site: Site, view: View, alloc: Allocation, prev: dict[str, float]) 
         if k.id in snap.write_failed:
             assert lim.bound is Bound.WRITE_FAILED, (k.id, lim)
             assert i <= prev[k.id] + TOL, (k.id, lim, prev[k.id])
+        session = snap.sessions.get(k.id)
+        if (
+            session is not None
+            and not session.charging_allowed
+            and lim.bound is not Bound.WRITE_FAILED
+        ):
+            # a session that may not draw (not authorised, stopped, unavailable) gets nothing
+            assert i == 0.0, (k.id, lim, session)
         if i == 0.0:
             continue
         assert i >= k.min_current_a - TOL, f"I2: {k.id} at {i} A < min {k.min_current_a} ({lim})"
@@ -693,7 +701,10 @@ class SiteMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def session_tier(self, data: st.DataObject) -> None:
         cid = data.draw(st.sampled_from(sorted(self.evs)))
-        self.sessions[cid] = Session(priority_tier=data.draw(st.sampled_from([None, 0, 2])))
+        if data.draw(st.integers(0, 4)) == 0:  # stopped or not authorised: no current
+            self.sessions[cid] = Session(charging_allowed=False, hold="not_authorised")
+        else:
+            self.sessions[cid] = Session(priority_tier=data.draw(st.sampled_from([None, 0, 2])))
         self.tick()
 
     @rule(steps=st.integers(1, 8), gap=st.sampled_from([0.0, 0.0, 0.0, 3.0, 11.0]))
@@ -850,7 +861,9 @@ class SiteMachine(RuleBasedStateMachine):
                         f"draws {peak} after the step {direction} to {level} at {t_c}"
                     )
             # hysteresis (a missing reading is no news: the EV is still there)
-            if reading is not None and not reading.state.vehicle_present:
+            held = lim.bound in (Bound.NOT_AUTHORISED, Bound.STOPPED, Bound.UNAVAILABLE)
+            if (reading is not None and not reading.state.vehicle_present) or held:
+                # the session ended (or may not draw): not a pause of the engine's making
                 tr.paused_at_s = None
                 tr.running_since_s = None
             elif share and value == 0.0 and before > 0.0 and was_share:
