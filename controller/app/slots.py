@@ -37,6 +37,9 @@ SlotListener = Callable[[str, LimitSlot], None]
 CIRCUIT_PREFIX = "circuit:"
 CONNECTOR_PREFIX = "connector:"
 MAX_NOTE_CHARS = 200
+# Per source: a backend that leaks slots (a new id each time, never cleared) is refused before
+# the tick has to walk thousands of them.
+MAX_SLOTS_PER_SOURCE = 100
 _SLOT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
 
@@ -175,6 +178,14 @@ class SlotBook:
         if len(note) > MAX_NOTE_CHARS:
             raise SlotRefused("note", f"a note is at most {MAX_NOTE_CHARS} characters")
 
+        if (source, id) not in self._by_key:
+            held = sum(1 for slot_source, _ in self._by_key if slot_source is source)
+            if held >= MAX_SLOTS_PER_SOURCE:
+                raise SlotRefused(
+                    "id",
+                    f"{source.value} already holds {held} slots, the most one source may hold; "
+                    "clear some first or reuse an id",
+                )
         slot = LimitSlot(
             id=id,
             source=source,

@@ -315,3 +315,21 @@ def test_a_new_book_drops_what_ended_while_the_service_was_down(
     again = SlotBook(db, make_site(), wall=clock)
     assert again.slots() == (stays,)
     assert db.load_slots() == [stays]
+
+
+def test_a_source_holds_at_most_max_slots_and_the_next_new_one_is_refused(
+    book: SlotBook,
+) -> None:
+    from controller.app.slots import MAX_SLOTS_PER_SOURCE
+
+    for n in range(MAX_SLOTS_PER_SOURCE):
+        book.set(source=SlotSource.CLOUD, id=f"s{n}", current_a=40)
+    with pytest.raises(SlotRefused) as refused:
+        book.set(source=SlotSource.CLOUD, id="one-more", current_a=40)
+    assert refused.value.field == "id"
+    assert "clear some first" in refused.value.message
+    assert book.get(SlotSource.CLOUD, "one-more") is None
+    # Replacing one it holds is fine, and other sources have their own room.
+    book.set(source=SlotSource.CLOUD, id="s0", current_a=30)
+    book.set(source=SlotSource.OVERRIDE, id="site", current_a=30)
+    assert sum(1 for s in book.slots() if s.source is SlotSource.CLOUD) == MAX_SLOTS_PER_SOURCE
