@@ -6,7 +6,6 @@ their age against the tick's own time; a missing reading is ``None``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,10 +46,6 @@ class MeterReading:
     voltage_v: Triple = ZERO3
     power_w: float = 0.0
     energy_import_wh: float = 0.0
-
-    def plausible(self, rating_a: float) -> bool:
-        """NaN, infinities and currents above twice the rating are not believable."""
-        return all(math.isfinite(i) and abs(i) <= 2.0 * rating_a for i in self.current_a)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
