@@ -747,6 +747,7 @@ def _breakpoints(e: _Entry, lo_us: int, hi_us: int) -> set[int]:
             out.add(e.anchor_us + sched.duration_s * _S)
         return out
     r_us = recurrence * _S
+    out.add(e.anchor_us)  # the first occurrence, however far [lo, hi] lies before it
     length = min(sched.duration_s or recurrence, recurrence)
     first = max(0, (lo_us - e.anchor_us) // r_us - 1)
     last = (hi_us - e.anchor_us) // r_us + 1
@@ -1069,15 +1070,13 @@ def composite_schedule(
 
 # -- limit slots for the engine -------------------------------------------------------------
 
-# Recurrences are looked for this far either side of the instant (more than a week).
-_HORIZON_US = 8 * 86_400 * _S
-
 
 def _bounds(entries: Sequence[_Entry], t_us: int) -> tuple[int | None, int | None]:
-    """The breakpoints around ``t_us``: the last at or before it, the first after it."""
+    """The breakpoints around ``t_us``: the last at or before it, the first after it. (A
+    recurring profile's occurrences either side of t are among its breakpoints for [t, t].)"""
     points: set[int] = set()
     for e in entries:
-        points |= _breakpoints(e, t_us - _HORIZON_US, t_us + _HORIZON_US)
+        points |= _breakpoints(e, t_us, t_us)
     before = [b for b in points if b <= t_us]
     after = [b for b in points if b > t_us]
     return (max(before) if before else None, min(after) if after else None)
@@ -1158,6 +1157,27 @@ def profile_slots(
     return tuple(out)
 
 
+def next_change(
+    profiles: ProfileSet,
+    at: datetime,
+    *,
+    transactions: Mapping[int, ActiveTransaction],
+    connector_ids: Collection[int],
+) -> datetime | None:
+    """The first instant after ``at`` at which ``profile_slots`` may answer differently, None
+    if never (until the profiles or the transactions change, which the shell knows). A profile
+    that comes into force later has no slot yet: this is when to look again."""
+    t = _us(at, "at")
+    points: set[int] = set()
+    for number in {0, *connector_ids}:
+        if number < 0:
+            continue
+        for e in _entries(profiles, number, transactions, t):
+            points |= _breakpoints(e, t, t)
+    after = [b for b in points if b > t]
+    return _dt(min(after), at.tzinfo) if after else None
+
+
 __all__ = [
     "DEFAULT_PHASES",
     "ActiveTransaction",
@@ -1188,6 +1208,7 @@ __all__ = [
     "from_ocpp",
     "install",
     "limit_at",
+    "next_change",
     "profile_from_ocpp",
     "profile_slots",
     "profile_to_ocpp",

@@ -41,6 +41,7 @@ from controller.core.charging_profiles import (
     from_ocpp,
     install,
     limit_at,
+    next_change,
     profile_from_ocpp,
     profile_slots,
     to_ocpp,
@@ -759,6 +760,15 @@ def test_profile_slots_carry_scope_value_and_the_current_pieces_bounds() -> None
     assert again.ends_at is not None and again.ends_at.tzinfo == berlin.tzinfo
 
 
+def test_next_change_says_when_to_look_again() -> None:
+    later = profile(1, valid_from=at(2 * H), sched=schedule((0, 10.0), (H, 12.0), start=T0))
+    ps = installed(later)
+    assert profile_slots(ps, at(H), transactions=NO_TX, connector_ids={1: "cp1"}) == ()
+    assert next_change(ps, at(H), transactions=NO_TX, connector_ids={1}) == at(2 * H)
+    assert next_change(ps, at(2 * H), transactions=NO_TX, connector_ids={1}) is None
+    assert next_change(ProfileSet(), at(0), transactions=NO_TX, connector_ids={1, 2}) is None
+
+
 def _site_with_max(limit_a: float) -> tuple[float, float, dict[str, float | None]]:
     s = site([evse("a", min_current_a=5.0), evse("b", min_current_a=5.0)], rating_a=32)
     cp_max = profile(1, connector=0, purpose=Purpose.CHARGE_POINT_MAX,
@@ -1021,3 +1031,40 @@ def test_with_fractional_times_the_composite_is_never_above_the_evaluation(
                        idle_start=cs.schedule_start)  # fmt: skip
         allowed = min(32.0, math.inf if lim is None else lim.current_a)
         assert cs.period_at(when).limit <= allowed + 1e-9
+
+
+def _between(lo: datetime, hi: datetime, f: float) -> datetime:
+    """A point of [lo, hi) (whole microseconds: timedelta * float rounds, up to ``hi``)."""
+    return lo + timedelta(microseconds=math.floor((hi - lo) / timedelta(microseconds=1) * f))
+
+
+def _slot_values(
+    ps: ProfileSet, when: datetime, tx: dict[int, ActiveTransaction]
+) -> dict[str, tuple[float | None, float | None, str, str]]:
+    slots = profile_slots(ps, when, transactions=tx, connector_ids={1: "cp1", 2: "cp2"})
+    return {s.id: (s.current_a, s.power_w, s.scope, s.note) for s in slots}
+
+
+@FAST
+@given(
+    case=profile_sets(),
+    t_s=st.integers(-DAY, 3 * DAY),
+    probes=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=6),
+)
+def test_slots_hold_for_their_piece_and_until_the_next_change(
+    case: tuple[ProfileSet, dict[int, ActiveTransaction]], t_s: int, probes: list[float]
+) -> None:
+    ps, tx = case
+    now = at(t_s)
+    here = _slot_values(ps, now, tx)
+    wide = timedelta(days=3)
+    for slot in profile_slots(ps, now, transactions=tx, connector_ids={1: "cp1", 2: "cp2"}):
+        assert slot.active(now)
+        lo = slot.starts_at or now - wide
+        hi = slot.ends_at or now + wide
+        for f in probes:
+            assert _slot_values(ps, _between(lo, hi, f), tx)[slot.id] == here[slot.id]
+    nxt = next_change(ps, now, transactions=tx, connector_ids={1, 2}) or now + wide
+    assert nxt > now
+    for f in probes:
+        assert _slot_values(ps, _between(now, nxt, f), tx) == here
