@@ -102,6 +102,57 @@ MIGRATIONS: Sequence[str] = (
         at          TEXT NOT NULL          -- UTC ISO 8601
     );
     """,
+    # 5: card payments (controller.store.journal): the journal, written before every terminal
+    # command, and each session's priced usage
+    """
+    CREATE TABLE payments (
+        id              TEXT PRIMARY KEY,  -- UUID
+        terminal        TEXT NOT NULL,     -- the terminal's id in the config
+        state           TEXT NOT NULL,     -- PaymentState: preauth_sent, authorised, ...
+        connector       TEXT,
+        session_id      TEXT,
+        preauth_cents   INTEGER NOT NULL,
+        cost_cents      INTEGER,
+        final_cents     INTEGER,           -- min(cost, pre-auth): what a capture asks for
+        captured_cents  INTEGER,           -- what the terminal booked (0: released)
+        receipt_number  INTEGER,           -- the pre-auth's receipt: the key of its capture
+        trace_number    INTEGER,
+        settle_receipt_number INTEGER,
+        settle_trace_number   INTEGER,
+        terminal_id     TEXT,
+        masked_pan      TEXT,              -- as the terminal masked it; never more
+        card_name       TEXT,
+        aid             TEXT,
+        result_code     INTEGER,
+        reason          TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        receipt_text    TEXT NOT NULL DEFAULT '',
+        created_at      TEXT NOT NULL,     -- ISO 8601 with offset
+        updated_at      TEXT NOT NULL
+    );
+    CREATE INDEX payments_live ON payments(state)
+        WHERE state NOT IN ('captured', 'released', 'declined', 'failed');
+    CREATE INDEX payments_by_session ON payments(session_id);
+    -- one live payment per receipt of a terminal: a capture is keyed on it
+    CREATE UNIQUE INDEX payments_open_receipt ON payments(terminal, receipt_number)
+        WHERE receipt_number IS NOT NULL
+        AND state NOT IN ('captured', 'released', 'declined', 'failed');
+    CREATE TABLE session_costs (
+        session_id      TEXT PRIMARY KEY,
+        tariff          TEXT NOT NULL,     -- JSON: the tariff the session is priced with
+        usage           TEXT NOT NULL,     -- JSON: controller.core.tariff.Usage, exact
+        currency        TEXT NOT NULL,
+        energy_wh       TEXT NOT NULL,     -- exact (a fraction as text)
+        total_cents     INTEGER NOT NULL,
+        energy_cents    INTEGER NOT NULL,
+        time_cents      INTEGER NOT NULL,
+        idle_fee_cents  INTEGER NOT NULL,
+        session_fee_cents INTEGER NOT NULL,
+        vat_cents       INTEGER NOT NULL,
+        final           INTEGER NOT NULL DEFAULT 0,  -- 1 once the session ended
+        updated_at      TEXT NOT NULL      -- UTC ISO 8601
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
