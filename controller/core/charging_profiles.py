@@ -727,8 +727,8 @@ def _period_at(e: _Entry, t_us: int) -> SchedulePeriod | None:
         length_s = min(length_s, recurrence)
     if offset >= length_s * _S:
         return None  # past its duration: the next lower stack level applies
-    starts = [q.start_period_s * _S for q in sched.periods]
-    return sched.periods[bisect_right(starts, offset) - 1]
+    i = bisect_right(sched.periods, offset, key=lambda q: q.start_period_s * _S)
+    return sched.periods[i - 1]
 
 
 def _breakpoints(e: _Entry, lo_us: int, hi_us: int) -> set[int]:
@@ -1138,22 +1138,25 @@ def profile_slots(
         out.append(
             _slot(slot_id="max", scope=SITE, found=found, entries=site_entries, t_us=t, tz=tz)
         )
+    # Connectors with no profile of their own and no transaction all see connector 0's
+    # TxDefaultProfiles alike: work each case out once (sites with many idle connectors).
+    own = {p.connector_id for p in profiles.profiles if p.connector_id > 0}
+    shared: dict[object, LimitSlot | None] = {}
     for number, cid in sorted(connector_ids.items()):
         if number <= 0:
             continue
-        entries = [e for e in _entries(profiles, number, transactions, t) if e.group != _MAX]
-        found = _prevailing(entries, t, (_TX,)) or _prevailing(entries, t, (_DEFAULT,))
-        if found is not None:
-            out.append(
-                _slot(
-                    slot_id=f"connector-{number}",
-                    scope=f"connector:{cid}",
-                    found=found,
-                    entries=entries,
-                    t_us=t,
-                    tz=tz,
-                )
+        key = (number,) if number in own or number in transactions else ()
+        if key not in shared:
+            entries = [e for e in _entries(profiles, number, transactions, t) if e.group != _MAX]
+            found = _prevailing(entries, t, (_TX,)) or _prevailing(entries, t, (_DEFAULT,))
+            shared[key] = (
+                None
+                if found is None
+                else _slot(slot_id="", scope="", found=found, entries=entries, t_us=t, tz=tz)
             )
+        slot = shared[key]
+        if slot is not None:
+            out.append(replace(slot, id=f"connector-{number}", scope=f"connector:{cid}"))
     return tuple(out)
 
 
