@@ -153,6 +153,15 @@ MIGRATIONS: Sequence[str] = (
         updated_at      TEXT NOT NULL      -- UTC ISO 8601
     );
     """,
+    # 6: the OCPP link's documents (controller.store.ocpp): installed charging profiles, the
+    # local authorisation list, the authorisation cache, reservations
+    """
+    CREATE TABLE ocpp_state (
+        name        TEXT PRIMARY KEY,      -- e.g. profiles:<identity>, local_list, auth_cache
+        value       TEXT NOT NULL,         -- JSON
+        updated_at  TEXT NOT NULL          -- UTC ISO 8601
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
