@@ -23,11 +23,10 @@ import contextlib
 import grp
 import inspect
 import json
-import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
@@ -35,9 +34,15 @@ from zoneinfo import ZoneInfo
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from controller.app.slots import SlotBook, SlotRefused
+from controller.app.limit_commands import (
+    LimitRefused,
+    clear_limits,
+    set_limit,
+    slot_document,
+)
+from controller.app.slots import SlotBook
 from controller.core.errors import EvsiteError
-from controller.core.slots import SITE, LimitSlot, SlotSource, time_of_use_slot
+from controller.core.slots import SITE, SlotSource, time_of_use_slot
 
 log = structlog.get_logger("evsite.socket")
 
@@ -210,28 +215,9 @@ def _invalid(exc: ValidationError) -> Answer:
 
 
 # --------------------------------------------------------------------------------------------
-# Limit commands: technician overrides in the SlotBook
+# Limit commands: technician overrides in the SlotBook (the work is in app.limit_commands,
+# shared with the MQTT commands)
 # --------------------------------------------------------------------------------------------
-
-
-def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
-    return None if value is None else value.astimezone(tz).isoformat()
-
-
-def slot_document(slot: LimitSlot, tz: ZoneInfo, now: datetime) -> Answer:
-    """A slot as JSON, its times in the site's local time, and whether it applies ``now``."""
-    return {
-        "source": slot.source.value,
-        "id": slot.id,
-        "scope": slot.scope,
-        "current_a": slot.current_a,
-        "power_w": slot.power_w,
-        "starts_at": _iso(slot.starts_at, tz),
-        "ends_at": _iso(slot.ends_at, tz),
-        "floor_w": slot.floor_w,
-        "note": slot.note,
-        "active": slot.active(now),
-    }
 
 
 def _site_time(field: str, text: str, tz: ZoneInfo, now: datetime) -> datetime:
@@ -273,53 +259,27 @@ def limit_commands(book: SlotBook) -> dict[str, Command[Any]]:
         now = book.now().astimezone(tz)
         starts_at = _site_time("starts_at", req.starts_at, tz, now) if req.starts_at else None
         ends_at = _site_time("ends_at", req.ends_at, tz, now) if req.ends_at else None
-        if req.duration_s is not None:
-            if ends_at is not None:
-                raise CommandRefused("give ends_at or duration_s, not both", field="duration_s")
-            if not math.isfinite(req.duration_s) or not 0 < req.duration_s <= 366 * 86400:
-                raise CommandRefused(
-                    f"duration_s: must be a number of seconds > 0 and at most a year, "
-                    f"got {req.duration_s!r}",
-                    field="duration_s",
-                )
-            ends_at = (starts_at or now) + timedelta(seconds=req.duration_s)
         try:
-            accepted = book.set(
-                source=source,
+            return set_limit(
+                book,
+                source,
                 id=req.id if req.id is not None else req.scope,
                 scope=req.scope,
                 current_a=req.current_a,
                 power_w=req.power_w,
                 starts_at=starts_at,
                 ends_at=ends_at,
+                duration_s=req.duration_s,
                 note=req.note,
             )
-        except SlotRefused as exc:
+        except LimitRefused as exc:
             raise CommandRefused(exc.message, field=exc.field) from exc
-        return {
-            "slot": slot_document(accepted.slot, tz, book.now()),
-            "replaced": accepted.replaced,
-            "notes": list(accepted.notes),
-        }
 
     def limit_clear(req: LimitClearRequest) -> Answer:
-        if req.all == (req.id is not None):
-            raise CommandRefused("give id or all, one of them", field="id")
         try:
-            if req.all:
-                cleared = book.clear_all(source)
-            else:
-                assert req.id is not None
-                slot = book.clear(source, req.id)
-                if slot is None:
-                    ids = [s.id for s in book.slots() if s.source is source]
-                    known = f"overrides: {', '.join(ids)}" if ids else "there are none"
-                    raise CommandRefused(f"no override {req.id!r}; {known}", field="id")
-                cleared = (slot,)
-        except SlotRefused as exc:
+            return clear_limits(book, source, id=req.id, all=req.all, what="override")
+        except LimitRefused as exc:
             raise CommandRefused(exc.message, field=exc.field) from exc
-        now = book.now()
-        return {"cleared": [slot_document(s, tz, now) for s in cleared]}
 
     def limit_list(_: NoArguments) -> Answer:
         now = book.now()
