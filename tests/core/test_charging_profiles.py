@@ -1068,3 +1068,89 @@ def test_slots_hold_for_their_piece_and_until_the_next_change(
     assert nxt > now
     for f in probes:
         assert _slot_values(ps, _between(now, nxt, f), tx) == here
+
+
+def _oracle_amps(
+    ps: ProfileSet,
+    connector: int,
+    when: datetime,
+    tx: dict[int, ActiveTransaction],
+    idle: datetime,
+) -> float | None:
+    """The precedence rules written out plainly (a second reading of docs/ocpp.md)."""
+    active = tx.get(connector) if connector else None
+
+    def start_of(p: ChargingProfile) -> datetime:
+        if p.kind is not Kind.RELATIVE and p.schedule.start_schedule is not None:
+            return p.schedule.start_schedule
+        if p.purpose is Purpose.CHARGE_POINT_MAX:
+            return p.valid_from or p.installed_at or idle
+        return active.started_at if active is not None else idle
+
+    def period(p: ChargingProfile) -> SchedulePeriod | None:
+        if p.valid_from is not None and when < p.valid_from:
+            return None
+        if p.valid_to is not None and when >= p.valid_to:
+            return None
+        start = start_of(p)
+        if when < start:
+            return None
+        elapsed = when - start
+        end = timedelta(seconds=p.schedule.duration_s) if p.schedule.duration_s else None
+        if p.kind is Kind.RECURRING:
+            day = timedelta(days=1 if p.recurrency_kind is Recurrency.DAILY else 7)
+            while elapsed >= day:
+                elapsed -= day
+            end = min(end, day) if end is not None else day
+        if end is not None and elapsed >= end:
+            return None
+        return [q for q in p.schedule.periods if timedelta(seconds=q.start_period_s) <= elapsed][-1]
+
+    def to_amps(p: ChargingProfile, q: SchedulePeriod) -> float:
+        return q.limit if p.schedule.rate_unit is RateUnit.A else q.limit / (V * q.number_phases)
+
+    def best(candidates: list[ChargingProfile]) -> float | None:
+        live = [(p, q) for p in candidates if (q := period(p)) is not None]
+        if not live:
+            return None
+        p, q = max(live, key=lambda pq: (pq[0].stack_level, pq[0].connector_id != 0))
+        return to_amps(p, q)
+
+    cp_max = best([p for p in ps if p.purpose is Purpose.CHARGE_POINT_MAX])
+    if connector == 0:
+        return cp_max
+    own = None
+    if active is not None:
+        own = best([
+            p for p in ps
+            if p.purpose is Purpose.TX and p.connector_id == connector
+            and (None in (p.transaction_id, active.transaction_id)
+                 or p.transaction_id == active.transaction_id)
+        ])  # fmt: skip
+    if own is None:
+        own = best([
+            p for p in ps
+            if p.purpose is Purpose.TX_DEFAULT and p.connector_id in (0, connector)
+        ])  # fmt: skip
+    values = [v for v in (own, cp_max) if v is not None]
+    return min(values) if values else None
+
+
+@FAST
+@given(
+    case=profile_sets(),
+    connector=st.integers(0, 2),
+    t_s=st.integers(-DAY, 3 * DAY),
+    idle_s=st.integers(-DAY, 3 * DAY),
+)
+def test_limit_at_agrees_with_the_rules_written_out(
+    case: tuple[ProfileSet, dict[int, ActiveTransaction]], connector: int, t_s: int, idle_s: int
+) -> None:
+    ps, tx = case
+    lim = limit_at(ps, connector, at(t_s), transactions=tx, nominal_voltage_v=V,
+                   idle_start=at(idle_s))  # fmt: skip
+    expected = _oracle_amps(ps, connector, at(t_s), tx, at(idle_s))
+    if expected is None:
+        assert lim is None
+    else:
+        assert lim is not None and lim.current_a == pytest.approx(expected, rel=1e-12)
