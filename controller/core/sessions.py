@@ -192,6 +192,13 @@ def observe(
         return plugged, [SessionEvent(kind=SessionEventKind.PENDING, record=plugged)]
     phase = rec.phase
     if phase is SessionPhase.AUTHORISED:
+        if present is None:
+            # Nobody knows whether a vehicle came: the timeout is judged on the next reading.
+            return rec, []
+        if not available:
+            # Taken out of service since (no transaction ran, so at once): never starts here.
+            gone = replace(rec, phase=SessionPhase.CLOSED, ended_at=wall)
+            return gone, [SessionEvent(kind=SessionEventKind.ABANDONED, record=gone)]
         if present:
             started = replace(rec, plugged_at=wall, plugged_at_s=now_s)
             started = _start(
@@ -367,11 +374,16 @@ def _start(
 def _end(
     rec: SessionRecord, reason: StopReason, *, by: str, wall: datetime, close: bool
 ) -> SessionRecord:
+    stop_wh = rec.meter_last_wh if rec.meter_last_wh is not None else rec.meter_start_wh
+    if stop_wh is not None and rec.meter_start_wh is not None:
+        # A register that went backwards (reset, swapped EVSE) must not bill negative energy
+        # in whoever computes meterStop - meterStart (an OCPP backend).
+        stop_wh = max(stop_wh, rec.meter_start_wh)
     return replace(
         rec,
         phase=SessionPhase.CLOSED if close else SessionPhase.FINISHING,
         ended_at=wall,
-        meter_stop_wh=rec.meter_last_wh if rec.meter_last_wh is not None else rec.meter_start_wh,
+        meter_stop_wh=stop_wh,
         stop_reason=reason,
         stopped_by=by,
     )
