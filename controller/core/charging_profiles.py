@@ -477,6 +477,22 @@ def to_ocpp(profile: ChargingProfile) -> dict[str, Any]:
     return {"connectorId": profile.connector_id, "csChargingProfiles": profile_to_ocpp(profile)}
 
 
+def to_record(profile: ChargingProfile) -> dict[str, Any]:
+    """What to persist of an installed profile: its SetChargingProfile.req payload plus
+    ``installedAt`` (OCPP does not carry it; a ChargePointMaxProfile may start then)."""
+    out = to_ocpp(profile)
+    if profile.installed_at is not None:
+        out["installedAt"] = _iso(profile.installed_at)
+    return out
+
+
+def from_record(record: Mapping[str, Any]) -> ChargingProfile:
+    """The profile ``to_record`` wrote (raises ProfileError if the record is damaged)."""
+    installed_at = _time(record, "installedAt")
+    payload = {k: v for k, v in record.items() if k != "installedAt"}
+    return replace(from_ocpp(payload), installed_at=installed_at)
+
+
 # -- installing and clearing ----------------------------------------------------------------
 
 
@@ -1209,6 +1225,7 @@ __all__ = [
     "end_transaction",
     "floor_tenth",
     "from_ocpp",
+    "from_record",
     "install",
     "limit_at",
     "next_change",
@@ -1216,4 +1233,5 @@ __all__ = [
     "profile_slots",
     "profile_to_ocpp",
     "to_ocpp",
+    "to_record",
 ]

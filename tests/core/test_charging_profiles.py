@@ -39,12 +39,14 @@ from controller.core.charging_profiles import (
     end_transaction,
     floor_tenth,
     from_ocpp,
+    from_record,
     install,
     limit_at,
     next_change,
     profile_from_ocpp,
     profile_slots,
     to_ocpp,
+    to_record,
 )
 from controller.core.slots import LimitSlot, SlotSource
 from tests.core.sites import WALL, evse, site, snap
@@ -1001,6 +1003,7 @@ def test_ocpp_json_round_trips(case: tuple[ProfileSet, dict[int, ActiveTransacti
     ps, _ = case
     for p in ps:
         assert from_ocpp(to_ocpp(p)) == replace(p, installed_at=None)
+        assert from_record(to_record(p)) == p  # what the adapter persists
 
 
 @FAST
