@@ -1057,15 +1057,20 @@ def composite_schedule(
         | {o // _S for o in offsets}
         | {-(-o // _S) for o in offsets if -(-o // _S) < max(duration_s, 1)}
     )
+    volts_x = {n: nominal_voltage_v * n for n in (1, 2, 3, default_phases)}
     periods: list[CompositePeriod] = []
     for i, second in enumerate(grid):
         end = grid[i + 1] if i + 1 < len(grid) else max(duration_s, 1)
         first = bisect_right(offsets, second * _S) - 1
         last = bisect_right(offsets, end * _S - 1) - 1
-        amps, phases = min(
-            ((pieces[j][1], pieces[j][2]) for j in range(first, last + 1)), key=lambda x: x[0]
+        # lowest in the unit asked for: with phases changing, fewer amps can be more watts
+        value, phases = min(
+            (
+                pieces[j][1] if rate_unit is RateUnit.A else pieces[j][1] * volts_x[pieces[j][2]],
+                pieces[j][2],
+            )
+            for j in range(first, last + 1)
         )
-        value = amps if rate_unit is RateUnit.A else amps * nominal_voltage_v * phases
         period = CompositePeriod(
             start_period_s=second, limit=floor_tenth(value), number_phases=phases
         )

@@ -939,6 +939,9 @@ def test_composite_equals_the_evaluation_at_every_instant(
     start = at(start_s)
     cs = composite_schedule(ps, connector, start, duration_s, transactions=tx,
                             nominal_voltage_v=V, ceiling_a=32.0, caps=caps)  # fmt: skip
+    cs_w = composite_schedule(ps, connector, start, duration_s, transactions=tx,
+                              nominal_voltage_v=V, ceiling_a=32.0, caps=caps,
+                              rate_unit=RateUnit.W)  # fmt: skip
     assert cs.periods[0].start_period_s == 0
     assert all(a.start_period_s < b.start_period_s for a, b in pairwise(cs.periods))
     # instants at period starts (and just before them) and at random points
@@ -952,6 +955,9 @@ def test_composite_equals_the_evaluation_at_every_instant(
                        idle_start=start)  # fmt: skip
         expected = min(32.0, _cap_at(caps, when), math.inf if lim is None else lim.current_a)
         assert cs.period_at(when).limit == floor_tenth(expected), off
+        phases = 3 if lim is None else lim.number_phases
+        assert cs_w.period_at(when).limit == floor_tenth(expected * V * phases), off
+        assert cs_w.period_at(when).number_phases == phases
         assert cs.period_at(when).limit <= _cap_at(caps, when)  # never above any cap
 
 
@@ -1028,12 +1034,16 @@ def test_with_fractional_times_the_composite_is_never_above_the_evaluation(
     start = T0 + timedelta(microseconds=start_us)
     cs = composite_schedule(ps, connector, start, H, transactions=tx, nominal_voltage_v=V,
                             ceiling_a=32.0)  # fmt: skip
+    cs_w = composite_schedule(ps, connector, start, H, transactions=tx, nominal_voltage_v=V,
+                              ceiling_a=32.0, rate_unit=RateUnit.W)  # fmt: skip
     for f in probes:
         when = cs.schedule_start + timedelta(microseconds=math.floor(f * H * 1e6))
         lim = limit_at(ps, connector, when, transactions=tx, nominal_voltage_v=V,
                        idle_start=cs.schedule_start)  # fmt: skip
         allowed = min(32.0, math.inf if lim is None else lim.current_a)
         assert cs.period_at(when).limit <= allowed + 1e-9
+        phases = 3 if lim is None else lim.number_phases
+        assert cs_w.period_at(when).limit <= allowed * V * phases + 1e-6
 
 
 def _between(lo: datetime, hi: datetime, f: float) -> datetime:
