@@ -1,16 +1,23 @@
 """App layer: wiring of the MQTT cloud link into the service (events, commands, status, alarms).
 
 - Events: fault transitions (ControlLoop.fault_listeners), limit slot changes (SlotBook
-  listeners), mode changes (seen in the status each tick) and a changed config file (at start)
-  go to the link's persistent outbox as ``fault_raised``, ``fault_cleared``, ``limit_changed``,
-  ``mode_changed`` and ``config_changed``. An event the outbox refuses (full, disk full) is
-  logged as ``event_not_queued``; the outbox alarm is then up.
+  listeners), mode changes (seen in the status each tick), a changed config file (at start),
+  sessions started and ended (SessionDesk listeners), availability changes (seen on the desk
+  each tick, whoever made them), tariff changes (TariffBook listeners) and payments (the
+  payment engine calls ``CloudLink.on_payment``) go to the link's persistent outbox. An event
+  the outbox refuses (full, disk full) is logged as ``event_not_queued``; the outbox alarm is
+  then up.
 - Outbox alarms are fault conditions (ControlLoop.condition_sources): ``outbox_full`` and
   ``store_unwritable``, subject ``outbox``. They are in ``evsite status`` and ``evsite faults``;
-  new paid sessions will be refused on them (issue 7).
+  while one is up, ``outbox_gate`` (a SessionDesk gate) refuses new paid sessions (card
+  payments and app starts), so that no billable event has to be dropped.
 - Commands from the cloud: ``limit_set`` / ``limit_clear`` (slot source ``cloud``),
-  ``demand_response_set`` / ``demand_response_clear`` (source ``demand_response``) and
-  ``status_get``. Limits go through the SlotBook: stored before they apply, they only lower.
+  ``demand_response_set`` / ``demand_response_clear`` (source ``demand_response``),
+  ``availability_set``, ``session_start`` / ``session_stop`` / ``session_tier`` (through the
+  SessionDesk, which OCPP, the socket and the terminal share: the latest command wins, each is
+  recorded with who gave it), ``tariff_set`` / ``tariff_clear`` (TariffBook) and ``status_get``.
+  Limits go through the SlotBook (controller.app.limit_commands, shared with the socket):
+  stored before they apply, they only lower.
 - The test-only socket command ``debug_inject_events {"count": N}`` exists only with
   ``mqtt.allow_test_injection: true``.
 
@@ -21,32 +28,50 @@ reported in the status and the log, and the site goes on being managed.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import Enum
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import __version__
 from controller.adapters.mqtt.commands import (
+    AvailabilitySet,
     CommandRejected,
     CommandSpec,
     DemandResponseSet,
     LimitSet,
     NoArguments,
+    SessionStart,
+    SessionStop,
+    SessionTier,
     SlotClear,
 )
 from controller.adapters.mqtt.link import CHANNEL, CredentialsError, MqttLink, load_credentials
 from controller.adapters.mqtt.settings import MqttSettings
-from controller.app.control_socket import Command, CommandRefused, slot_document
-from controller.app.slots import SlotBook, SlotRefused
-from controller.core.errors import EvsiteError
+from controller.app.control_socket import Command, CommandRefused
+from controller.app.limit_commands import CLOUD, LimitRefused, clear_limits, set_limit
+from controller.app.sessions import SessionDesk, session_document
+from controller.app.slots import SlotBook
+from controller.app.tariffs import TariffBook, TariffChange, TariffNotSaved
+from controller.config import TariffPayload
+from controller.core.errors import ConfigError, EvsiteError
 from controller.core.faults import Transition
 from controller.core.model import Condition
+from controller.core.sessions import (
+    AuthMethod,
+    SessionEvent,
+    SessionEventKind,
+    SessionRefused,
+    StopReason,
+)
 from controller.core.site import Site
 from controller.core.slots import LimitSlot, SlotSource
 from controller.store.db import Database, StoreError
@@ -56,7 +81,12 @@ log = structlog.get_logger("evsite.cloud")
 
 CONFIG_MARKER = "config_sha256"
 MAX_INJECT = 100_000
-_FIELD_NAMES = {"power_w": "power_kw", "floor_w": "floor_kw"}
+BY = "mqtt"  # who gave a command, as the session records and availability store it
+# Sessions someone pays for: refused while an outbox alarm is up (a card payment at the
+# terminal; an app start, which the backend bills from the session events).
+PAID_METHODS = frozenset({AuthMethod.CARD, AuthMethod.REMOTE})
+# Keys a payment event must never carry (card data stays in the terminal).
+CARD_DATA_KEYS = frozenset({"pan", "card_number", "track2", "track_2", "cvv", "cvc", "expiry"})
 
 
 class InjectRequest(BaseModel):
@@ -88,6 +118,22 @@ def outbox_document(outbox: Outbox) -> dict[str, Any]:
     }
 
 
+def outbox_gate(outbox: Outbox) -> Callable[[AuthMethod], str | None]:
+    """A SessionDesk gate: no new paid session while an outbox alarm is up, rather than a
+    billable event that could not be queued."""
+
+    def gate(method: AuthMethod) -> str | None:
+        if method not in PAID_METHODS:
+            return None
+        alarms = outbox.alarms()
+        if not alarms:
+            return None
+        what = "; ".join(f"{a.code.value} ({a.channel})" for a in alarms)
+        return f"no paid sessions while the event outbox cannot take more events: {what}"
+
+    return gate
+
+
 def slot_event(action: str, slot: LimitSlot) -> dict[str, Any]:
     return {
         "action": action,
@@ -103,59 +149,57 @@ def slot_event(action: str, slot: LimitSlot) -> dict[str, Any]:
     }
 
 
-def _rejected(exc: SlotRefused) -> CommandRejected:
-    """The SlotBook's refusal in the command's words (kW fields), the field named first."""
-    if exc.field is None:
-        return CommandRejected(exc.message)
-    field = _FIELD_NAMES.get(exc.field, exc.field)
-    message = exc.message if exc.message.startswith(field) else f"{field}: {exc.message}"
-    return CommandRejected(message, field=field)
+def _rejected(exc: LimitRefused) -> CommandRejected:
+    return CommandRejected(exc.message, field=exc.field)
+
+
+_PROBLEM_RE = re.compile(r"^tariff update: (?:(?P<field>[A-Za-z0-9_.\[\]]+): )?(?P<text>.*)$", re.S)
+
+
+def tariff_rejected(exc: ConfigError) -> CommandRejected:
+    """tariff_from_payload's first problem as a command refusal naming its key."""
+    problem = exc.problems[0] if exc.problems else str(exc)
+    match = _PROBLEM_RE.match(problem)
+    if match is None:
+        return CommandRejected(problem)
+    field = match["field"]
+    text = match["text"]
+    return CommandRejected(f"{field}: {text}" if field else text, field=field)
+
+
+def _session_rejected(exc: SessionRefused) -> CommandRejected:
+    # Everything but a gate's refusal or a failed write is about the connector named.
+    field = None if exc.code in ("refused", "store_failed") else "connector"
+    return CommandRejected(str(exc), field=field)
 
 
 def cloud_commands(
-    book: SlotBook, status: Callable[[], Mapping[str, Any]]
+    book: SlotBook,
+    status: Callable[[], Mapping[str, Any]],
+    *,
+    desk: SessionDesk | None = None,
+    tariffs: TariffBook | None = None,
 ) -> dict[str, CommandSpec[Any]]:
-    """The commands the cloud may send, over one SlotBook."""
-    tz = ZoneInfo(book.site.timezone)
-
-    def answer(slot: LimitSlot, replaced: bool, notes: Iterable[str]) -> dict[str, Any]:
-        return {
-            "slot": slot_document(slot, tz, book.now()),
-            "replaced": replaced,
-            "notes": list(notes),
-        }
+    """The commands the cloud may send: limits over the SlotBook, sessions and availability
+    over the SessionDesk, the tariff over the TariffBook (the last two when given)."""
 
     def limit_set(req: LimitSet) -> dict[str, Any]:
-        if req.current_a is None and req.power_kw is None:
-            raise CommandRejected(
-                "current_a: give a limit, current_a (A per phase) or power_kw (kW in total)",
-                field="current_a",
-            )
-        if req.current_a is not None and req.power_kw is not None:
-            raise CommandRejected(
-                "power_kw: give current_a or power_kw, not both", field="power_kw"
-            )
-        ends_at = req.ends_at
-        if req.duration_s is not None:
-            if ends_at is not None:
-                raise CommandRejected(
-                    "duration_s: give ends_at or duration_s, not both", field="duration_s"
-                )
-            ends_at = (req.starts_at or book.now()) + timedelta(seconds=req.duration_s)
         try:
-            accepted = book.set(
-                source=SlotSource.CLOUD,
+            return set_limit(
+                book,
+                SlotSource.CLOUD,
                 id=req.id,
                 scope=req.scope,
                 current_a=req.current_a,
                 power_w=None if req.power_kw is None else req.power_kw * 1000.0,
                 starts_at=req.starts_at,
-                ends_at=ends_at,
+                ends_at=req.ends_at,
+                duration_s=req.duration_s,
                 note=req.note,
+                wording=CLOUD,
             )
-        except SlotRefused as exc:
+        except LimitRefused as exc:
             raise _rejected(exc) from None
-        return answer(accepted.slot, accepted.replaced, accepted.notes)
 
     def demand_response_set(req: DemandResponseSet) -> dict[str, Any]:
         if req.floor_kw is not None and req.floor_kw > req.power_kw:
@@ -163,8 +207,9 @@ def cloud_commands(
                 f"floor_kw: {req.floor_kw:g} is above power_kw {req.power_kw:g}", field="floor_kw"
             )
         try:
-            accepted = book.set(
-                source=SlotSource.DEMAND_RESPONSE,
+            return set_limit(
+                book,
+                SlotSource.DEMAND_RESPONSE,
                 id=req.id,
                 scope=req.scope,
                 power_w=req.power_kw * 1000.0,
@@ -172,37 +217,24 @@ def cloud_commands(
                 ends_at=req.ends_at,
                 floor_w=None if req.floor_kw is None else req.floor_kw * 1000.0,
                 note=req.note,
+                wording=CLOUD,
             )
-        except SlotRefused as exc:
+        except LimitRefused as exc:
             raise _rejected(exc) from None
-        return answer(accepted.slot, accepted.replaced, accepted.notes)
 
     def clearer(source: SlotSource, what: str) -> Callable[[SlotClear], dict[str, Any]]:
         def clear(req: SlotClear) -> dict[str, Any]:
-            if req.all == (req.id is not None):
-                raise CommandRejected("id: give id or all, one of them", field="id")
             try:
-                if req.all:
-                    cleared: tuple[LimitSlot, ...] = book.clear_all(source)
-                else:
-                    assert req.id is not None
-                    slot = book.clear(source, req.id)
-                    if slot is None:
-                        ids = [s.id for s in book.slots() if s.source is source]
-                        known = f"{what}s: {', '.join(ids)}" if ids else "there are none"
-                        raise CommandRejected(f"id: no {what} {req.id!r}; {known}", field="id")
-                    cleared = (slot,)
-            except SlotRefused as exc:
+                return clear_limits(book, source, id=req.id, all=req.all, what=what, wording=CLOUD)
+            except LimitRefused as exc:
                 raise _rejected(exc) from None
-            now = book.now()
-            return {"cleared": [slot_document(s, tz, now) for s in cleared]}
 
         return clear
 
     def status_get(_: NoArguments) -> dict[str, Any]:
         return {"status": dict(status())}
 
-    return {
+    commands: dict[str, CommandSpec[Any]] = {
         "limit_set": CommandSpec(LimitSet, limit_set),
         "limit_clear": CommandSpec(SlotClear, clearer(SlotSource.CLOUD, "cloud limit")),
         "demand_response_set": CommandSpec(DemandResponseSet, demand_response_set),
@@ -211,6 +243,122 @@ def cloud_commands(
         ),
         "status_get": CommandSpec(NoArguments, status_get),
     }
+    if desk is not None:
+        commands.update(session_commands(desk))
+    if tariffs is not None:
+        commands.update(tariff_commands(tariffs))
+    return commands
+
+
+def session_commands(desk: SessionDesk) -> dict[str, CommandSpec[Any]]:
+    """``availability_set``, ``session_start``, ``session_stop``, ``session_tier`` (by mqtt)."""
+
+    def availability_set(req: AvailabilitySet) -> dict[str, Any]:
+        try:
+            result = desk.set_availability(req.connector, req.available, by=BY)
+        except SessionRefused as exc:
+            raise _session_rejected(exc) from None
+        return {"connector": req.connector, "available": req.available, "result": result}
+
+    def session_start(req: SessionStart) -> dict[str, Any]:
+        try:
+            rec = desk.start(
+                req.connector,
+                method=AuthMethod.REMOTE,
+                by=BY,
+                id_tag=req.id_tag,
+                priority_tier=req.priority_tier,
+            )
+        except SessionRefused as exc:
+            raise _session_rejected(exc) from None
+        return {"session": session_document(rec)}
+
+    def session_stop(req: SessionStop) -> dict[str, Any]:
+        try:
+            rec = desk.stop(req.connector, reason=StopReason.REMOTE, by=BY)
+        except SessionRefused as exc:
+            raise _session_rejected(exc) from None
+        return {"session": session_document(rec)}
+
+    def session_tier(req: SessionTier) -> dict[str, Any]:
+        try:
+            rec = desk.set_tier(req.connector, req.priority_tier, by=BY)
+        except SessionRefused as exc:
+            raise _session_rejected(exc) from None
+        return {"session": session_document(rec)}
+
+    return {
+        "availability_set": CommandSpec(AvailabilitySet, availability_set),
+        "session_start": CommandSpec(SessionStart, session_start),
+        "session_stop": CommandSpec(SessionStop, session_stop),
+        "session_tier": CommandSpec(SessionTier, session_tier),
+    }
+
+
+def tariff_commands(tariffs: TariffBook) -> dict[str, CommandSpec[Any]]:
+    """``tariff_set`` (a whole tariff, checked as the site file's) and ``tariff_clear``."""
+
+    def parse(document: dict[str, Any]) -> dict[str, Any]:
+        try:
+            tariffs.check(document)
+        except ConfigError as exc:
+            raise tariff_rejected(exc) from None
+        return document
+
+    def tariff_set(document: dict[str, Any]) -> dict[str, Any]:
+        try:
+            tariffs.update(document, by=BY)
+        except ConfigError as exc:
+            raise tariff_rejected(exc) from None
+        except TariffNotSaved as exc:
+            raise CommandRejected(str(exc)) from None
+        return {"tariff": tariffs.document()}
+
+    def tariff_clear(_: NoArguments) -> dict[str, Any]:
+        try:
+            tariffs.clear(by=BY)
+        except TariffNotSaved as exc:
+            raise CommandRejected(str(exc)) from None
+        return {"tariff": tariffs.document()}
+
+    return {
+        "tariff_set": CommandSpec(TariffPayload, tariff_set, parse=parse),
+        "tariff_clear": CommandSpec(NoArguments, tariff_clear),
+    }
+
+
+def _json_value(value: Any) -> Any:
+    """A payment's data as JSON: exact decimals as text, times as ISO 8601, enums by value."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"{type(value).__name__} cannot go into an event")
+
+
+def _card_data_keys(value: Any) -> list[str]:
+    if isinstance(value, Mapping):
+        found = [str(k) for k in value if str(k).lower() in CARD_DATA_KEYS]
+        for v in value.values():
+            found += _card_data_keys(v)
+        return found
+    if isinstance(value, list | tuple):
+        return [k for v in value for k in _card_data_keys(v)]
+    return []
+
+
+@dataclass(slots=True)
+class _Availability:
+    available: bool
+    by: str | None
 
 
 class CloudLink:
@@ -226,6 +374,8 @@ class CloudLink:
         book: SlotBook,
         status: Callable[[], Mapping[str, Any]],
         config_source: Path | None = None,
+        desk: SessionDesk | None = None,
+        tariffs: TariffBook | None = None,
     ) -> None:
         self.settings = settings
         self.site = site
@@ -233,8 +383,11 @@ class CloudLink:
         self.outbox = outbox
         self._status = status
         self._config_source = config_source
+        self._desk = desk
+        self._tariffs = tariffs
         self._mode: str | None = None
         self._problem: str | None = None
+        self._availability: dict[str, _Availability] = {}
         credentials = None
         if settings.credentials_file is not None:
             try:
@@ -246,11 +399,20 @@ class CloudLink:
             site=site,
             outbox=outbox,
             status=self._status,
-            commands=cloud_commands(book, self._status),
+            commands=cloud_commands(book, self._status, desk=desk, tariffs=tariffs),
             version=__version__,
             credentials=credentials,
         )
         book.listeners.append(self._on_slot)
+        if desk is not None:
+            desk.listeners.append(self._on_session)
+            self._availability = {
+                cid: _Availability(available=desk.available(cid), by=None)
+                for cid in desk.connectors
+            }
+        if tariffs is not None:
+            tariffs.listeners.append(self._on_tariff)
+            self.link.set_meta(tariff=tariffs.document())
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -275,6 +437,7 @@ class CloudLink:
             self._mode = mode
             if old != mode:
                 self.emit("mode_changed", {"old": old, "new": mode, "notes": status.get("notes")})
+        self._note_availability()
         link = self.link.status_document()
         if self._problem is not None:
             link = {**link, "state": "misconfigured", "last_error": self._problem}
@@ -287,12 +450,72 @@ class CloudLink:
     def _on_slot(self, action: str, slot: LimitSlot) -> None:
         self.emit("limit_changed", slot_event(action, slot))
 
-    def emit(self, kind: str, data: Any) -> None:
-        """Queue an event; never raises (the outbox alarm tells when events cannot be queued)."""
+    def _on_session(self, event: SessionEvent) -> None:
+        if event.kind is SessionEventKind.STARTED:
+            self.emit("session_started", session_document(event.record))
+        elif event.kind is SessionEventKind.ENDED:
+            self.emit("session_ended", session_document(event.record))
+
+    def _note_availability(self) -> None:
+        """Availability changes, from any source (MQTT, OCPP, the socket, a scheduled change
+        that took effect): seen on the desk after each tick, with who set it."""
+        desk = self._desk
+        if desk is None:
+            return
+        changed = [
+            cid
+            for cid in desk.connectors
+            if desk.available(cid) != self._availability[cid].available
+        ]
+        if not changed:
+            return
+        stored = desk.store.availability()
+        for cid in changed:
+            available = desk.available(cid)
+            by = stored.get(cid, (available, None))[1]
+            self._availability[cid] = _Availability(available=available, by=by)
+            self.emit(
+                "availability_changed",
+                {"connector": cid, "available": available, "by": by},
+            )
+
+    def _on_tariff(self, change: TariffChange) -> None:
+        document = self._tariffs.document() if self._tariffs is not None else None
+        self.link.set_meta(tariff=document)
+        self.emit(
+            "tariff_changed",
+            {
+                "source": change.source,
+                "by": change.by,
+                "previous_tariff_id": None if change.previous is None else change.previous.id,
+                "tariff": document,
+            },
+        )
+
+    def on_payment(self, event: Mapping[str, Any]) -> str | None:
+        """A payment fact from the payment engine, as a ``payment`` event (docs/mqtt.md).
+
+        ``event`` is a mapping of JSON-able values (Decimal as text, datetimes as ISO 8601);
+        keys that would carry card data (``pan``, ``track2``, ...) are refused. Returns the
+        event id once it is on disk, or None when it could not be queued (the outbox alarm is
+        then up and logged; new paid sessions are refused until it falls).
+        """
+        card = _card_data_keys(event)
+        if card:
+            # Never log the values: only which keys were wrong.
+            log.error("payment_event_refused", reason="card data", keys=sorted(card))
+            raise ValueError(f"a payment event must not carry card data: {', '.join(card)}")
+        data = _json_value(event)
+        return self.emit("payment", data)
+
+    def emit(self, kind: str, data: Any) -> str | None:
+        """Queue an event; never raises (the outbox alarm tells when events cannot be queued).
+        Returns its id, or None when it was not queued."""
         try:
-            self.link.emit(kind, data)
+            return self.link.emit(kind, data).id
         except (EvsiteError, ValueError) as exc:
             log.error("event_not_queued", kind=kind, error=str(exc), data=data)
+            return None
 
     def _note_config(self) -> None:
         if self._config_source is None:

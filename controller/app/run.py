@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from controller import __version__
-from controller.app.cloud import CloudLink, outbox_conditions
+from controller.app.cloud import CloudLink, outbox_conditions, outbox_gate
 from controller.app.control_socket import SOCKET_NAME, ControlSocket, limit_commands
 from controller.app.device_commands import TickGate, device_commands
 from controller.app.logs import configure_logging
@@ -23,6 +23,7 @@ from controller.app.sdnotify import SystemdNotifier
 from controller.app.service import ControlLoop, fault_commands, install_signal_handlers
 from controller.app.sessions import SessionDesk, session_commands
 from controller.app.slots import SlotBook
+from controller.app.tariffs import TariffBook
 from controller.config import LoadedConfig, load_config
 from controller.store.db import Database
 from controller.store.outbox import Outbox
@@ -54,6 +55,10 @@ async def serve(config: LoadedConfig) -> int:
     clean = db.marker(CLEAN_SHUTDOWN) == "1"
     db.set_marker(CLEAN_SHUTDOWN, "0", datetime.now(UTC).isoformat())
     desk.restore(clean_shutdown=clean)
+    # No new paid session while the outbox cannot take the events that would bill it.
+    desk.gates.append(outbox_gate(outbox))
+    # The tariff in force (the site file's, or the cloud's): payments and MQTT meta read it.
+    tariffs = TariffBook(db, config.tariff)
     meters = {m.id: build_meter(m) for m in site.meters}
     evses = {c.id: build_evse(c.evse) for c in site.connectors}
     watchdog_s = notifier.watchdog_interval_s()
@@ -93,6 +98,8 @@ async def serve(config: LoadedConfig) -> int:
             book=book,
             status=lambda: loop.status,
             config_source=config.source,
+            desk=desk,
+            tariffs=tariffs,
         )
         loop.fault_listeners.append(cloud.on_fault)
     sock = ControlSocket(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -31,7 +32,7 @@ from controller.adapters.mqtt.payloads import dumps
 from controller.adapters.mqtt.topics import Topics
 from controller.core.errors import PermanentError
 
-P = TypeVar("P", bound=BaseModel)
+P = TypeVar("P")
 Result = Mapping[str, Any]
 
 MAX_CORRELATION_CHARS = 128
@@ -40,6 +41,7 @@ RESERVED_KEYS = ("reply_to", "correlation_id")
 
 # A limit window longer than a year is a mistake (and would overflow a datetime).
 MAX_DURATION_S = 366 * 24 * 3600.0
+MAX_TIER = 9  # priority tiers 0..9, as in the site file
 
 
 class CommandRejected(PermanentError):
@@ -53,8 +55,16 @@ class CommandRejected(PermanentError):
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec(Generic[P]):
-    payload: type[P]
+    """A command: the model its arguments must pass (also its JSON schema) and its handler.
+
+    ``parse``, when given, checks the arguments instead of ``payload`` (which then only
+    documents them): it gets the JSON object, numbers with a fraction as exact Decimals, and
+    raises CommandRejected. The tariff uses it, so prices stay exact.
+    """
+
+    payload: type[BaseModel]
     run: Callable[[P], Result | Awaitable[Result]]
+    parse: Callable[[dict[str, Any]], P] | None = None
 
 
 # JSON from the network: strict types, nothing unknown, no NaN.
@@ -98,6 +108,38 @@ class DemandResponseSet(BaseModel):
 
 class NoArguments(BaseModel):
     model_config = _PAYLOAD
+
+
+class AvailabilitySet(BaseModel):
+    """``availability_set``: a connector operative (true) or inoperative (false)."""
+
+    model_config = _PAYLOAD
+    connector: str
+    available: bool
+
+
+class SessionStart(BaseModel):
+    """``session_start``: an app start at a connector (method ``remote``)."""
+
+    model_config = _PAYLOAD
+    connector: str
+    id_tag: str | None = Field(default=None, min_length=1, max_length=20)
+    priority_tier: int | None = Field(default=None, ge=0, le=MAX_TIER)
+
+
+class SessionStop(BaseModel):
+    """``session_stop``: end the session at a connector (stop reason ``Remote``)."""
+
+    model_config = _PAYLOAD
+    connector: str
+
+
+class SessionTier(BaseModel):
+    """``session_tier``: the priority tier of a connector's session (null: the connector's)."""
+
+    model_config = _PAYLOAD
+    connector: str
+    priority_tier: int | None = Field(ge=0, le=MAX_TIER)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,11 +243,17 @@ class CommandTable:
                 "a retained command is refused (it would run again at every reconnect); "
                 "publish commands with retain=false"
             )
-        try:
-            # Back to JSON so that pydantic parses it in JSON mode (ISO times as text).
-            payload = spec.payload.model_validate_json(json.dumps(document))
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        payload: Any
+        if spec.parse is not None:
+            payload = spec.parse(document)
+        else:
+            try:
+                # Back to JSON so that pydantic parses it in JSON mode (ISO times as text);
+                # a number read as an exact Decimal goes back as the float it was before.
+                text = json.dumps(document, default=_as_float)
+                payload = spec.payload.model_validate_json(text)
+            except ValidationError as exc:
+                raise _invalid(exc) from None
         result = spec.run(payload)
         if isinstance(result, Awaitable):
             result = await result
@@ -224,11 +272,18 @@ def _correlation_id(document: dict[str, Any]) -> str | None:
     return correlation
 
 
+def _as_float(value: object) -> float:
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def _object(payload: bytes) -> dict[str, Any]:
     if not payload.strip():
         return {}
     try:
-        document = json.loads(payload)
+        # Exact decimals (a price of 0.39 stays 0.39); integers stay ints.
+        document = json.loads(payload, parse_float=Decimal)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CommandRejected(f"the payload is not JSON: {exc}") from None
     if not isinstance(document, dict):

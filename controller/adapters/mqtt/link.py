@@ -134,12 +134,15 @@ class MqttLink:
         self._rng = rng or random.Random()
         self._wall = wall
         self.boot_id = str(uuid.uuid4())
+        self._commands = list(commands)
         self._meta = payloads.meta(
             site,
             version=version,
             telemetry_interval_s=settings.telemetry_interval_s,
-            commands=list(commands),
+            commands=self._commands,
         )
+        # Called on the event loop after each connection's birth and meta (HA discovery).
+        self.connect_listeners: list[Callable[[], None]] = []
         outbox.set_bound(CHANNEL, settings.outbox_max_events)
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -217,6 +220,31 @@ class MqttLink:
         self._client = None
         self._set_state(LinkState.STOPPED)
         log.info("mqtt_stopped", queued_events=self.outbox.count(CHANNEL))
+
+    def set_meta(self, *, tariff: Mapping[str, Any] | None) -> None:
+        """Rebuild the retained ``meta`` (the tariff changed); republished when connected."""
+        meta = payloads.meta(
+            self.site,
+            version=self._version,
+            telemetry_interval_s=self.settings.telemetry_interval_s,
+            commands=self._commands,
+            tariff=tariff,
+        )
+        if meta == self._meta:
+            return
+        self._meta = meta
+        client = self._client
+        if client is not None and not self._closing:
+            client.publish(self.topics.meta, meta, qos=1, retain=True)
+
+    def publish_retained(self, topic: str, payload: str | bytes) -> bool:
+        """A retained QoS 1 message outside the site's tree (Home Assistant discovery), sent
+        when connected; False when not sent (the caller sends it again at the next connect)."""
+        client = self._client
+        if client is None or self._closing:
+            return False
+        info = client.publish(topic, payload, qos=1, retain=True)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # -- events ------------------------------------------------------------------------------
 
@@ -450,6 +478,11 @@ class MqttLink:
         client.publish(self.topics.meta, self._meta, qos=1, retain=True)
         self._published_states = {}
         self._publish_states(client)
+        for listener in self.connect_listeners:
+            try:
+                listener()
+            except Exception:  # a broken listener must not stop the events
+                log.exception("mqtt_connect_listener_failed")
         self._schedule_pump()
 
     def _on_subscribe_refused(self, gen: int, reason: str) -> None:

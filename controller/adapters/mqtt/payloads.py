@@ -3,7 +3,7 @@
 - event envelope ``{"id", "ts", "kind", "site", "data"}``: stored in the outbox as it is sent
 - telemetry: compact, units in the keys, built from the control loop's status document
 - connector state: only the slow-changing fields, so that the retained topic seldom changes
-- meta: the site's ratings and connectors, retained
+- meta: the site's ratings, connectors and tariff, retained
 - status: the birth message, the last will and the goodbye
 
 The status document of controller.app.status is the input; its keys are an interface.
@@ -20,13 +20,18 @@ from typing import Any
 
 from controller.core.site import Site, format_rotation
 
-# Event kinds the link sends today (docs/mqtt.md); sessions and payments come with their issues.
+# Event kinds the link sends (docs/mqtt.md).
 EVENT_KINDS = (
     "fault_raised",
     "fault_cleared",
     "limit_changed",
     "config_changed",
     "mode_changed",
+    "session_started",
+    "session_ended",
+    "availability_changed",
+    "tariff_changed",
+    "payment",
     "test",  # injected by the test-only socket command debug_inject_events
 )
 _KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -123,7 +128,16 @@ def connector_states(status: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def meta(site: Site, *, version: str, telemetry_interval_s: float, commands: Sequence[str]) -> str:
+def meta(
+    site: Site,
+    *,
+    version: str,
+    telemetry_interval_s: float,
+    commands: Sequence[str],
+    tariff: Mapping[str, Any] | None = None,
+) -> str:
+    """``tariff``: the tariff in force as the driver sees it (core.tariff.price_display plus
+    its source), or None when the site charges nothing."""
     return dumps(
         {
             "site": {
@@ -167,7 +181,7 @@ def meta(site: Site, *, version: str, telemetry_interval_s: float, commands: Seq
                 }
                 for p in site.time_of_use
             ],
-            "tariffs": [],
+            "tariff": None if tariff is None else dict(tariff),
             "telemetry_interval_s": telemetry_interval_s,
             "commands": sorted(commands),
             "events": list(EVENT_KINDS),
