@@ -99,6 +99,8 @@ class SessionDesk:
         self._dirty: dict[str, SessionRecord] = {}
         self._meter_saved_s: dict[str, float] = {}
         self._store_error: str | None = None
+        self._probed_s = -1e9
+        self._untold: list[SessionEvent] = []  # events whose records are not on disk yet
         self.listeners: list[Callable[[SessionEvent], None]] = []
         self.authorisers: list[Authoriser] = []
         self.gates: list[StartGate] = []
@@ -109,10 +111,20 @@ class SessionDesk:
         """Take over what the last run left open; each waits for its connector's first fresh
         reading to know whether its vehicle is still there (``resume``)."""
         self._clean_shutdown = clean_shutdown
+        gone: list[SessionEvent] = []
         for rec in self.store.open_sessions():
             if rec.connector not in self._available:
-                # The connector left the config: its session cannot go on.
-                self._remember(replace(rec, phase=SessionPhase.CLOSED), dirty=True)
+                # The connector left the config: its session ends as if its vehicle had left
+                # (a transaction with a stop reason and the last meter value, for the bill).
+                ended, happened = resume(
+                    rec,
+                    ConnectorView(vehicle_present=False),
+                    wall=self.wall_clock(),
+                    clean_shutdown=clean_shutdown,
+                    now_s=self.clock(),
+                )
+                self._remember(ended, dirty=True)
+                gone.extend(happened)
                 continue
             self._restored[rec.connector] = rec
             self._open[rec.connector] = rec
@@ -126,6 +138,7 @@ class SessionDesk:
                 clean_shutdown=clean_shutdown,
             )
         self._flush()
+        self._announce(gone)
 
     # -- every tick --------------------------------------------------------------------------
 
@@ -134,6 +147,7 @@ class SessionDesk:
     ) -> dict[str, Session]:
         """Run every connector's session one tick; returns the engine's view of them."""
         events: list[SessionEvent] = []
+        created: set[str] = set()
         stale_s = self.site.control.evse_stale_s
         for cid in self.connectors:
             reading = readings.get(cid)
@@ -148,17 +162,19 @@ class SessionDesk:
             self._views[cid] = view
             rec = self._open.get(cid)
             if cid in self._restored and view.vehicle_present is not None:
-                restored = self._restored.pop(cid)
-                rec, happened = resume(
-                    restored,
-                    view,
-                    wall=wall,
-                    clean_shutdown=self._clean_shutdown,
-                    now_s=now_s,
-                )
-                self._adopt(cid, rec, happened, events)
-                rec = self._open.get(cid)
-                if cid not in self._open:
+                del self._restored[cid]
+                if rec is not None:
+                    # The record as it is now: a command (a stop) may have changed it since.
+                    rec, happened = resume(
+                        rec,
+                        view,
+                        wall=wall,
+                        clean_shutdown=self._clean_shutdown,
+                        now_s=now_s,
+                    )
+                    self._adopt(cid, rec, happened, events)
+                    rec = self._open.get(cid)
+                if rec is None:
                     continue  # the restored session ended; a new one starts next tick
             if cid in self._restored:
                 continue  # no fresh reading yet: the restored session waits
@@ -180,6 +196,8 @@ class SessionDesk:
                     self._views[cid] = view
                     continue
             if new is not rec:
+                if rec is None and new is not None:
+                    created.add(new.id)
                 self._adopt(cid, new, happened, events)
                 if (
                     new is not None
@@ -190,8 +208,19 @@ class SessionDesk:
                     self._dirty[new.id] = new
                     self._meter_saved_s[cid] = now_s
         self._apply_pending_availability()
-        self._flush()
-        self._tell(events)
+        if not self._flush():
+            # A session whose first record could not be written never began: nobody could
+            # bill it. Its vehicle waits at 0 A; the next tick tries again (and so finds out
+            # when the file is writable again).
+            unwritten = created & self._dirty.keys()
+            for sid in unwritten:
+                rec = self._dirty.pop(sid)
+                if self._open.get(rec.connector) is rec:
+                    del self._open[rec.connector]
+            events = [e for e in events if e.record.id not in unwritten]
+            if self._store_error is not None and not self._dirty:
+                self._probe(now_s)
+        self._announce(events)
         return self.engine_sessions()
 
     def engine_sessions(self) -> dict[str, Session]:
@@ -382,8 +411,8 @@ class SessionDesk:
             raise SessionRefused(f"no connector {connector!r}", code="unknown_connector")
 
     def _gate(self, method: AuthMethod) -> str | None:
-        if self._store_error is not None:
-            return f"the state file cannot be written: {self._store_error}"
+        # A broken state file is not judged here: the new session's first write fails and
+        # undoes it (``_commit``, ``observe``), so a file that works again is noticed at once.
         for gate in self.gates:
             refusal = gate(method)
             if refusal is not None:
@@ -421,6 +450,7 @@ class SessionDesk:
         else:
             self._dirty.pop(rec.id, None)
             self._store_ok()
+            self._flush()  # what an earlier failure left unwritten, before anyone is told
         log.info(
             "session_command",
             connector=connector,
@@ -431,7 +461,7 @@ class SessionDesk:
         )
         if rec.phase is SessionPhase.CLOSED:
             self._apply_pending_availability()
-        self._tell(happened)
+        self._announce(happened)
 
     def _adopt(
         self,
@@ -464,16 +494,39 @@ class SessionDesk:
         else:
             self._open[rec.connector] = rec
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Write the records changed since the last write; False if that failed."""
         if not self._dirty:
-            return
+            return self._store_error is None
         try:
             self.store.save(list(self._dirty.values()))
         except StoreError as exc:
             self._store_failed(str(exc))
-            return  # kept dirty: written with the next successful flush
+            return False  # kept dirty: written with the next successful flush
         self._dirty.clear()
         self._store_ok()
+        return True
+
+    def _probe(self, now_s: float) -> None:
+        """While the alarm is up with nothing to write: find out now and then whether the
+        file is writable again, so the alarm clears without waiting for the next session."""
+        if now_s - self._probed_s < METER_SAVE_PERIOD_S:
+            return
+        self._probed_s = now_s
+        try:
+            self.store.probe()
+        except StoreError as exc:
+            self._store_failed(str(exc))
+        else:
+            self._store_ok()
+
+    def _announce(self, events: list[SessionEvent]) -> None:
+        """Tell the listeners, once every record is on disk (in the order things happened)."""
+        self._untold.extend(events)
+        if self._dirty:
+            return  # held until the next successful write
+        untold, self._untold = self._untold, []
+        self._tell(untold)
 
     def _store_failed(self, detail: str) -> None:
         if self._store_error is None:
@@ -491,7 +544,7 @@ class SessionDesk:
                 try:
                     listener(event)
                 except Exception as exc:  # one broken listener must not stop the others
-                    log.error("session_listener_failed", event=event.kind.value, error=repr(exc))
+                    log.error("session_listener_failed", kind=event.kind.value, error=repr(exc))
 
     def _apply_pending_availability(self) -> None:
         for cid, available in list(self._availability_pending.items()):

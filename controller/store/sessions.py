@@ -49,6 +49,17 @@ class SessionStore:
             ids = ", ".join(str(r[0]) for r in rows)
             raise StoreError(f"cannot record sessions {ids}: {exc}") from exc
 
+    def probe(self) -> None:
+        """A small real write: raises StoreError while the file cannot be written."""
+        try:
+            self._conn.execute(
+                "INSERT INTO markers(name, value, at) VALUES ('session_store_probe', '1', ?) "
+                "ON CONFLICT(name) DO UPDATE SET at=excluded.at",
+                (datetime.now(UTC).isoformat(),),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the state file: {exc}") from exc
+
     def open_sessions(self) -> list[SessionRecord]:
         """Sessions the last run left open (every phase but closed)."""
         rows = self._conn.execute(
