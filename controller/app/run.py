@@ -73,6 +73,8 @@ async def serve(config: LoadedConfig) -> int:
         if watchdog_s is not None and now - last_ping[0] >= watchdog_s / 2:
             notifier.watchdog()
             last_ping[0] = now
+        # Each connector's session and availability, for `evsite status` and the cloud links.
+        loop.status["sessions"] = desk.status_document()
         if cloud is not None:
             cloud.on_tick(loop.status)
 
