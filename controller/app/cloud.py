@@ -27,7 +27,9 @@ reported in the status and the log, and the site goes on being managed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -54,6 +56,7 @@ from controller.adapters.mqtt.commands import (
     SessionTier,
     SlotClear,
 )
+from controller.adapters.mqtt.home_assistant import discovery
 from controller.adapters.mqtt.link import CHANNEL, CredentialsError, MqttLink, load_credentials
 from controller.adapters.mqtt.settings import MqttSettings
 from controller.app.control_socket import Command, CommandRefused
@@ -80,6 +83,8 @@ from controller.store.outbox import Outbox
 log = structlog.get_logger("evsite.cloud")
 
 CONFIG_MARKER = "config_sha256"
+# The Home Assistant discovery topics published so far (JSON list): removed when switched off.
+HA_MARKER = "ha_discovery_topics"
 MAX_INJECT = 100_000
 BY = "mqtt"  # who gave a command, as the session records and availability store it
 # Sessions someone pays for: refused while an outbox alarm is up (a card payment at the
@@ -413,6 +418,8 @@ class CloudLink:
         if tariffs is not None:
             tariffs.listeners.append(self._on_tariff)
             self.link.set_meta(tariff=tariffs.document())
+        self._discovery_task: asyncio.Task[bool] | None = None
+        self.link.connect_listeners.append(self._on_connected)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -424,8 +431,56 @@ class CloudLink:
         await self.link.start()
 
     async def close(self) -> None:
+        if self._discovery_task is not None:
+            self._discovery_task.cancel()
         if self._problem is None:
             await self.link.close()
+
+    # -- Home Assistant discovery ------------------------------------------------------------
+
+    def _on_connected(self) -> None:
+        if self._discovery_task is not None and not self._discovery_task.done():
+            self._discovery_task.cancel()
+        self._discovery_task = asyncio.create_task(self.sync_discovery(), name="mqtt-ha")
+
+    async def sync_discovery(self) -> bool:
+        """Publish the Home Assistant discovery configs (``mqtt.home_assistant: true``) and
+        remove those published before that are no longer wanted (all of them when switched
+        off). True once the broker acknowledged every one; else tried again at the next
+        connection."""
+        wanted = []
+        if self.settings.home_assistant:
+            wanted = discovery(
+                self.site, prefix=self.settings.home_assistant_prefix, version=__version__
+            )
+        try:
+            previous = [str(t) for t in json.loads(self._db.marker(HA_MARKER) or "[]")]
+        except ValueError:
+            previous = []
+        topics = [d.topic for d in wanted]
+        stale = [t for t in previous if t not in topics]
+        if not wanted and not stale:
+            return True
+        now = datetime.now(UTC).isoformat()
+        try:
+            # Known before they are sent: a crash in between must not leave unknown configs.
+            self._db.set_marker(HA_MARKER, json.dumps(sorted({*previous, *topics})), now)
+        except StoreError as exc:
+            log.error("state_write_failed", error=str(exc))
+            return False
+        done = True
+        for item in wanted:
+            done = await self.link.publish_retained(item.topic, item.payload) and done
+        for topic in stale:
+            done = await self.link.publish_retained(topic, "") and done
+        if done:
+            try:
+                self._db.set_marker(HA_MARKER, json.dumps(sorted(topics)), now)
+            except StoreError as exc:
+                log.error("state_write_failed", error=str(exc))
+                return False
+            log.info("mqtt_discovery_published", configs=len(wanted), removed=len(stale))
+        return done
 
     # -- what the loop and the socket see ----------------------------------------------------
 

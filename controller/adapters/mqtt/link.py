@@ -237,14 +237,15 @@ class MqttLink:
         if client is not None and not self._closing:
             client.publish(self.topics.meta, meta, qos=1, retain=True)
 
-    def publish_retained(self, topic: str, payload: str | bytes) -> bool:
-        """A retained QoS 1 message outside the site's tree (Home Assistant discovery), sent
-        when connected; False when not sent (the caller sends it again at the next connect)."""
+    async def publish_retained(self, topic: str, payload: str | bytes) -> bool:
+        """A retained QoS 1 message outside the site's tree (Home Assistant discovery): True
+        once the broker acknowledged it, False when the link is down or the broker refused it
+        (the caller sends it again at the next connection)."""
         client = self._client
         if client is None or self._closing:
             return False
-        info = client.publish(topic, payload, qos=1, retain=True)
-        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        body = payload.decode() if isinstance(payload, bytes) else payload
+        return await self._publish_confirmed(client, topic, body, retain=True)
 
     # -- events ------------------------------------------------------------------------------
 

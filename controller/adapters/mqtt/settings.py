@@ -35,3 +35,5 @@ class MqttSettings:
     reconnect_max_s: float = 60.0
     protocol: Protocol = "5"
     allow_test_injection: bool = False
+    home_assistant: bool = False  # publish Home Assistant discovery configs (retained)
+    home_assistant_prefix: str = "homeassistant"  # HA's discovery prefix
