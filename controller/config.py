@@ -338,6 +338,18 @@ def _valid_client_id(value: str) -> str:
     return value
 
 
+_TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+
+
+def _valid_topic_prefix(value: str) -> str:
+    if not _TOPIC_PREFIX_RE.fullmatch(value):
+        _fail(
+            "a topic prefix is one or more levels of letters, digits, '_', '-' or '.' "
+            f"separated by '/' (no wildcards, no leading or trailing '/'); got {value!r}"
+        )
+    return value
+
+
 def _valid_rotation(value: str) -> str:
     try:
         parse_rotation(value)
@@ -672,6 +684,8 @@ class _MqttModel(BaseModel):
     reconnect_max_s: float = Field(default=60.0, gt=0)
     protocol: Literal[5, "3.1.1"] = 5
     allow_test_injection: bool = False
+    home_assistant: bool = False  # Home Assistant MQTT discovery (docs/mqtt.md)
+    home_assistant_prefix: Annotated[str, AfterValidator(_valid_topic_prefix)] = "homeassistant"
 
 
 # Finer than a hundredth of a cent per unit is a slip (or a binary float's tail), not a price.
@@ -1286,6 +1300,8 @@ class _Loader:
             reconnect_max_s=m.reconnect_max_s,
             protocol="5" if m.protocol == 5 else "3.1.1",
             allow_test_injection=m.allow_test_injection,
+            home_assistant=m.home_assistant,
+            home_assistant_prefix=m.home_assistant_prefix,
         )
 
     def section(self, model: type[M], key: str) -> M | None:
