@@ -46,10 +46,13 @@ def render_status(status: dict[str, Any]) -> Group:
             )
         parts.append(table)
 
+    sessions = status.get("sessions") or {}
     ct = Table(title="connectors", title_justify="left")
     for col in ("id", "state", "I L1/L2/L3 A", "limit A", "fair share A", "bound by", "rotation",
                 "tier"):  # fmt: skip
         ct.add_column(col)
+    if sessions:
+        ct.add_column("session", no_wrap=True)
     for c in status["connectors"]:
         cur = c["current_a"]
         state = c["state"] if c["online"] else f"{c['state']} (offline)"
@@ -62,6 +65,7 @@ def render_status(status: dict[str, Any]) -> Group:
             c["bound_by"] or "-",
             c["rotation"],
             str(c["priority_tier"]),
+            *([session_cell(sessions.get(c["id"]))] if sessions else []),
         )
     parts.append(ct)
     for fault in status.get("faults", []):
@@ -84,3 +88,22 @@ def render_status(status: dict[str, Any]) -> Group:
             line += f" ({mqtt['last_error']})"
         parts.append(Text(line, style="green" if mqtt["state"] == "connected" else "yellow"))
     return Group(*parts)
+
+
+_PHASE_STYLE = {"active": "green", "pending": "yellow", "authorised": "cyan", "finishing": "dim"}
+
+
+def session_cell(entry: dict[str, Any] | None) -> Text:
+    """A connector's session phase, and its availability when it is out of service."""
+    if entry is None:
+        return Text("-")
+    session = entry.get("session")
+    if session is None:
+        text = Text("-")
+    else:
+        text = Text(session["phase"], style=_PHASE_STYLE.get(session["phase"], ""))
+    if not entry.get("available", True):
+        text.append(" unavailable", style="red")
+    elif "availability_scheduled" in entry:
+        text.append(" (off after)", style="yellow")
+    return text
