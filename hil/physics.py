@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from hil.scenario import MIN_CHARGE_CURRENT_A, PHASES, EvseSpec, EvSpec, Scenario
@@ -226,6 +226,33 @@ class SiteModel:
         value: Triple = (float(current_a[0]), float(current_a[1]), float(current_a[2]))
         self._overrides.append((t_s, value))
         self._events.append(Event(at_s=t_s, kind="building_step", current_a=value))
+
+    def plug_in(self, evse_id: str, t_s: float, ev: EvSpec) -> None:
+        """From `t_s` on, `ev` is plugged in at the EVSE (a visit added at run time, for tests
+        that decide when a car comes); its arrival_s and departure_s are set here."""
+        slot = self._slot(evse_id)
+        t_s = max(t_s, self._t_s)
+        if slot.visit_at(t_s) is not None:
+            raise ValueError(f"{evse_id}: an EV is already plugged in at {t_s:g} s")
+        visit = replace(ev, arrival_s=t_s, departure_s=None)
+        slot.spec = replace(slot.spec, evs=(*slot.spec.evs, visit))
+
+    def unplug(self, evse_id: str, t_s: float) -> None:
+        """From `t_s` on, the EV plugged in at the EVSE is gone (its visit ends there)."""
+        slot = self._slot(evse_id)
+        t_s = max(t_s, self._t_s)
+        current = slot.visit_at(t_s)
+        if current is None:
+            raise ValueError(f"{evse_id}: no EV plugged in at {t_s:g} s")
+        evs = list(slot.spec.evs)
+        evs[current] = replace(evs[current], departure_s=t_s)
+        slot.spec = replace(slot.spec, evs=tuple(evs))
+
+    def _slot(self, evse_id: str) -> _Slot:
+        for slot in self._slots:
+            if slot.spec.id == evse_id:
+                return slot
+        raise KeyError(evse_id)
 
     def drain_events(self) -> list[Event]:
         """The events since the last call, in time order."""

@@ -26,7 +26,7 @@ from hil.devices.modbus import Fault, RegisterDevice, TcpServer, quiet_pymodbus
 from hil.devices.rtu import LineSettings, RtuLine
 from hil.devices.sdm630 import MeterReading, sdm630_device
 from hil.physics import Event, EvseState, OfferSource, SiteModel
-from hil.scenario import EvseSpec, Scenario, load_scenario
+from hil.scenario import EvseSpec, EvSpec, Scenario, load_scenario
 from hil.stations import Station, build_station
 
 GRID_METER_ID = "grid_meter"
@@ -340,6 +340,14 @@ class SimulatedSite:
         """From now on the building draws `current_a` [L1, L2, L3] (scenario steps end here)."""
         self.model.set_building(current_a, max(self.now_s(), self.model.t_s))
         self._step()
+
+    def plug_in(self, evse_id: str, ev: EvSpec) -> None:
+        """An EV is plugged in at the EVSE now (its arrival_s/departure_s are ignored)."""
+        self.model.plug_in(evse_id, max(self.now_s(), self.model.t_s), ev)
+
+    def unplug(self, evse_id: str) -> None:
+        """The EV at the EVSE leaves now."""
+        self.model.unplug(evse_id, max(self.now_s(), self.model.t_s))
 
     def fail_meter(self, silent: bool = True) -> None:
         """Make the grid meter fail: silent=True no reply at all, False exception 4 replies."""

@@ -6,6 +6,7 @@ import pytest
 
 from hil.devices.alfen import AlfenStation
 from hil.physics import ScheduledOffer, SiteModel
+from hil.scenario import EvSpec
 from tests.hil.builders import ev, evse, make_scenario
 
 
@@ -182,3 +183,26 @@ def test_time_cannot_run_backwards() -> None:
     model.advance(2)
     with pytest.raises(ValueError):
         model.advance(1)
+
+
+def test_a_test_can_plug_in_and_unplug_an_ev_at_run_time() -> None:
+    scenario = make_scenario([evse(evs=[])])
+    model = SiteModel(scenario, {"cp1": ScheduledOffer([(0, 16)])})
+    run_to(model, 2.0)
+    assert model.state.evse("cp1").mode3_state == "A"
+    car = EvSpec(arrival_s=0, departure_s=None, phases=3, max_current_a=16,
+                 energy_need_wh=50_000, response_lag_s=0)  # fmt: skip
+    model.plug_in("cp1", 2.0, car)
+    with pytest.raises(ValueError, match="already plugged in"):
+        model.plug_in("cp1", 2.5, car)
+    run_to(model, 4.0)
+    state = model.state.evse("cp1")
+    assert (state.mode3_state, state.ev_present, state.current_a) == ("C2", True, (16, 16, 16))
+    model.unplug("cp1", 4.0)
+    run_to(model, 4.1)
+    assert model.state.evse("cp1").mode3_state == "A"
+    with pytest.raises(ValueError, match="no EV plugged in"):
+        model.unplug("cp1", 5.0)
+    model.plug_in("cp1", 6.0, car)  # a second car starts a fresh visit
+    run_to(model, 7.0)
+    assert model.state.evse("cp1").session_energy_wh == pytest.approx(16 * 3 * 230 / 3600, 0.1)
