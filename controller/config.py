@@ -31,6 +31,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from controller.adapters.mqtt.settings import MqttSettings, TlsFiles
+from controller.adapters.ocpp.keys import KEYS, KeyError_, check_value
+from controller.adapters.ocpp.settings import OcppSettings, OcppTls
 from controller.core.errors import ConfigError
 from controller.core.sessions import SessionSettings
 from controller.core.site import (
@@ -120,6 +122,7 @@ class LoadedConfig:
     warnings: tuple[str, ...]
     source: Path
     mqtt: MqttSettings | None = None  # None: no cloud link over MQTT
+    ocpp: OcppSettings | None = None  # None: no OCPP link
     tariff: Tariff | None = None  # None: no tariff, no card payments
     sessions: SessionSettings = field(default_factory=SessionSettings)
 
@@ -762,6 +765,50 @@ class TariffPayload(BaseModel):
     preauth_cents: int = Field(default=DEFAULT_PREAUTH_CENTS, gt=0)
 
 
+_OCPP_IDENTITY_RE = re.compile(r"[A-Za-z0-9_.*+|@-]{1,48}")
+_OCPP_TEXT_MAX = {"vendor": 20, "model": 20, "serial": 25, "firmware": 50, "anonymous_id_tag": 20}
+
+
+def _valid_ocpp_identity(value: str) -> str:
+    if not _OCPP_IDENTITY_RE.fullmatch(value):
+        _fail(
+            "an OCPP identity is 1 to 48 letters, digits or _ . * + | @ - (no ':' and no '/'); "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _valid_ws_url(value: str) -> str:
+    if not re.fullmatch(r"wss?://[^/\s:@]+(:[0-9]{1,5})?(/[^\s?#@]*)?", value):
+        _fail(
+            "the CSMS endpoint without the identity, like wss://csms.example.com/ocpp "
+            f"(no credentials in it: use credentials_file); got {value!r}"
+        )
+    return value
+
+
+class _OcppModel(BaseModel):
+    """``ocpp:``: the OCPP 1.6J link to the operator's backend (docs/ocpp.md)."""
+
+    model_config = _STRICT
+    url: Annotated[str, AfterValidator(_valid_ws_url)]
+    identity: Annotated[str, AfterValidator(_valid_ocpp_identity)] | None = None
+    vendor: str = "evsite"
+    model: str = "evsite-gateway"
+    serial: str | None = None
+    firmware: str | None = None
+    topology: Literal["gateway", "per_evse"] = "gateway"
+    security_profile: Literal[0, 1, 2, 3] | None = None
+    tls: _TlsModel | None = None
+    credentials_file: Annotated[str, AfterValidator(_absolute)] | None = None
+    keys: dict[str, str | int | bool] = Field(default_factory=dict)
+    call_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    outbox_max_messages: int = Field(default=100_000, ge=1)
+    anonymous_id_tag: str = "evsite"
+
+
 class _TariffModel(TariffPayload):
     """``tariff:`` in the site file (docs/configuration.md, docs/payments.md)."""
 
@@ -780,6 +827,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "service": _ServiceModel,
     "sessions": _SessionsModel,
     "mqtt": _MqttModel,
+    "ocpp": _OcppModel,
     "tariff": _TariffModel,
 }
 _REQUIRED_SECTIONS = ("site", "grid")
@@ -1162,6 +1210,11 @@ class _Loader:
             if root.get("tariff") is not None
             else None
         )
+        ocpp_m = (
+            self.validate(_OcppModel, ("ocpp",), root["ocpp"])
+            if root.get("ocpp") is not None
+            else None
+        )
         circuits = self.items(_CircuitModel, "circuits")
         meters = self.items(_MeterModel, "meters")
         evses = self.items(_EvseModel, "evses")
@@ -1229,6 +1282,7 @@ class _Loader:
             log_format=service_m.log_format,
         )
         mqtt = self.mqtt(mqtt_m, site.id) if mqtt_m is not None else None
+        ocpp = self.ocpp(ocpp_m, site.id) if ocpp_m is not None else None
         if self.problems:
             return None
         return LoadedConfig(
@@ -1237,6 +1291,7 @@ class _Loader:
             warnings=(),
             source=self.source,
             mqtt=mqtt,
+            ocpp=ocpp,
             tariff=tariff,
             sessions=(
                 SessionSettings(
@@ -1246,6 +1301,113 @@ class _Loader:
                 if sessions_m is not None
                 else SessionSettings()
             ),
+        )
+
+    def ocpp(self, m: _OcppModel, site_id: str) -> OcppSettings | None:
+        base: KeyPath = ("ocpp",)
+        secure = m.url.startswith("wss://")
+        profile = m.security_profile if m.security_profile is not None else (2 if secure else 0)
+        if profile >= 2 and not secure:
+            self.error(
+                (*base, "url"),
+                f"security profile {profile} needs a wss:// URL (TLS); ws:// would be a downgrade",
+            )
+        if profile < 2 and secure:
+            self.error(
+                (*base, "security_profile"),
+                f"{profile} is for ws://; a wss:// URL is security profile 2 or 3",
+            )
+        if profile in (1, 2) and m.credentials_file is None:
+            self.error(
+                (*base, "credentials_file"),
+                f"security profile {profile} needs the AuthorizationKey "
+                "(a file with authorization_key: ...)",
+            )
+        if m.credentials_file is not None and not Path(m.credentials_file).is_file():
+            self.error((*base, "credentials_file"), f"no such file: {m.credentials_file}")
+        if profile == 0 and m.credentials_file is not None:
+            self.warn(
+                (*base, "security_profile"),
+                "0 sends no credentials: the credentials file is not used (profile 1 sends them)",
+            )
+        tls = None
+        if profile >= 2:
+            if m.tls is None:
+                self.error((*base, "tls"), "missing: wss:// needs tls: {ca_file: ...}")
+            else:
+                if profile == 3 and (m.tls.cert_file is None or m.tls.key_file is None):
+                    self.error(
+                        (*base, "tls"),
+                        "security profile 3 (mutual TLS) needs cert_file and key_file",
+                    )
+                for key in ("ca_file", "cert_file", "key_file"):
+                    name = getattr(m.tls, key)
+                    if name is not None and not Path(name).is_file():
+                        self.error((*base, "tls", key), f"no such file: {name}")
+                tls = OcppTls(
+                    ca_file=Path(m.tls.ca_file),
+                    cert_file=Path(m.tls.cert_file) if m.tls.cert_file else None,
+                    key_file=Path(m.tls.key_file) if m.tls.key_file else None,
+                )
+        elif m.tls is not None:
+            self.error((*base, "tls"), f"security profile {profile} uses no TLS (ws://)")
+        if profile < 2 and not _is_loopback(_host_of(m.url)):
+            self.warn(
+                (*base, "url"),
+                "ws:// without TLS: transactions and idTags go to the CSMS in clear text",
+            )
+        if m.reconnect_min_s > m.reconnect_max_s:
+            self.error(
+                (*base, "reconnect_max_s"),
+                f"{_n(m.reconnect_max_s)} s is shorter than reconnect_min_s "
+                f"{_n(m.reconnect_min_s)} s",
+            )
+        for field_name, limit in _OCPP_TEXT_MAX.items():
+            value = getattr(m, field_name)
+            if value is not None and not 0 < len(value) <= limit:
+                self.error(
+                    (*base, field_name), f"1 to {limit} characters (OCPP 1.6), got {value!r}"
+                )
+        keys: dict[str, str] = {}
+        for name, raw in m.keys.items():
+            spec = KEYS.get(name)
+            path = (*base, "keys", name)
+            if spec is None:
+                self.error(
+                    path, _unknown_key_message(name, [k for k, s in KEYS.items() if s.writable])
+                )
+                continue
+            if not spec.writable or name == "AuthorizationKey":
+                self.error(
+                    path,
+                    "read-only: evsite sets it"
+                    if name != "AuthorizationKey"
+                    else "put the AuthorizationKey in credentials_file, not in the site file",
+                )
+                continue
+            text = str(raw).lower() if isinstance(raw, bool) else str(raw)
+            try:
+                keys[name] = check_value(spec, text)
+            except KeyError_ as exc:
+                self.error(path, str(exc))
+        identity = m.identity if m.identity is not None else site_id
+        return OcppSettings(
+            url=m.url,
+            identity=identity,
+            vendor=m.vendor,
+            model=m.model,
+            serial=m.serial,
+            firmware=m.firmware,
+            topology=m.topology,
+            security_profile=profile,
+            tls=tls,
+            credentials_file=Path(m.credentials_file) if m.credentials_file else None,
+            keys=keys,
+            call_timeout_s=m.call_timeout_s,
+            reconnect_min_s=m.reconnect_min_s,
+            reconnect_max_s=m.reconnect_max_s,
+            outbox_max_messages=m.outbox_max_messages,
+            anonymous_id_tag=m.anonymous_id_tag,
         )
 
     def mqtt(self, m: _MqttModel, site_id: str) -> MqttSettings | None:
@@ -2082,6 +2244,11 @@ def tariff_from_payload(
     if problems or tariff is None:
         raise ConfigError(problems)
     return tariff
+
+
+def _host_of(url: str) -> str:
+    netloc = url.split("://", 1)[-1].split("/", 1)[0]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
 
 
 def _is_loopback(host: str) -> bool:

@@ -19,12 +19,14 @@ from controller.app.cloud import CloudLink, outbox_conditions, outbox_gate
 from controller.app.control_socket import SOCKET_NAME, ControlSocket, limit_commands
 from controller.app.device_commands import TickGate, device_commands
 from controller.app.logs import configure_logging
+from controller.app.ocpp import OcppLink, SiteAdapter
 from controller.app.sdnotify import SystemdNotifier
 from controller.app.service import ControlLoop, fault_commands, install_signal_handlers
 from controller.app.sessions import SessionDesk, session_commands
 from controller.app.slots import SlotBook
 from controller.app.tariffs import TariffBook
 from controller.config import LoadedConfig, load_config
+from controller.core.slots import LimitSlot
 from controller.store.db import Database
 from controller.store.outbox import Outbox
 from controller.store.sessions import SessionStore
@@ -77,6 +79,14 @@ async def serve(config: LoadedConfig) -> int:
         loop.status["sessions"] = desk.status_document()
         if cloud is not None:
             cloud.on_tick(loop.status)
+        if ocpp is not None:
+            ocpp.on_tick(loop.status)
+
+    def all_slots() -> tuple[LimitSlot, ...]:
+        # The site's own slots and the CSMS's charging profiles in force: the engine takes the
+        # minimum of all of them under the ratings.
+        own = book.slots()
+        return own + ocpp.slots() if ocpp is not None else own
 
     loop = ControlLoop(
         site=site,
@@ -85,7 +95,7 @@ async def serve(config: LoadedConfig) -> int:
         db=db,
         clock=time.monotonic,
         on_tick=on_tick,
-        slots=book.slots,
+        slots=all_slots,
         sessions=desk.observe,
     )
     loop.condition_sources.append(outbox_conditions(outbox))
@@ -104,6 +114,32 @@ async def serve(config: LoadedConfig) -> int:
             tariffs=tariffs,
         )
         loop.fault_listeners.append(cloud.on_fault)
+    ocpp = None
+    if config.ocpp is not None:
+        ocpp = OcppLink(
+            config.ocpp,
+            site=site,
+            db=db,
+            outbox=outbox,
+            desk=desk,
+            port=SiteAdapter(
+                site=site,
+                desk=desk,
+                book=book,
+                db=db,
+                readings=lambda: loop.evse_readings,
+                allocation=lambda: loop.allocation,
+                health=lambda cid: (
+                    loop.health[cid].online,
+                    loop.health[cid].seen,
+                    loop.health[cid].failures_in_row,
+                    loop.health[cid].last_error,
+                ),
+                restart=loop.request_stop,
+            ),
+            state_dir=service.state_dir,
+            version=__version__,
+        )
     sock = ControlSocket(
         service.runtime_dir / SOCKET_NAME,
         status=lambda: loop.status,
@@ -132,6 +168,8 @@ async def serve(config: LoadedConfig) -> int:
         await sock.start()
         if cloud is not None:
             await cloud.start()
+        if ocpp is not None:
+            await ocpp.start()
         notifier.ready(f"controlling {len(site.connectors)} connectors")
         await loop.run()
     finally:
@@ -145,6 +183,8 @@ async def serve(config: LoadedConfig) -> int:
             log.error("shutdown_fallback_failed", error=repr(exc))
         if cloud is not None:
             await cloud.close()
+        if ocpp is not None:
+            await ocpp.close()
         await sock.close()
         await loop.close()
         db.close()
