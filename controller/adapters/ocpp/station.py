@@ -501,7 +501,10 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
-            await self._call(call.Heartbeat())
+            try:
+                await self._call(call.Heartbeat())
+            except OCPPError as exc:  # answered, if wrongly: the connection is alive
+                log.warning("ocpp_heartbeat_refused", identity=self.identity, code=exc.code)
 
     def statuses(self) -> dict[int, tuple[str, str, str, str]]:
         """The StatusNotification of every connector now (0: the charge point)."""
@@ -540,16 +543,19 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
 
     async def _send_status(self, n: int, status: tuple[str, str, str, str]) -> None:
         state, error, info, vendor = status
-        await self._call(
-            call.StatusNotification(
-                connector_id=n,
-                error_code=error,
-                status=state,
-                info=info[:50] or None,
-                vendor_error_code=vendor[:50] or None,
-                timestamp=iso(datetime.now(UTC)),
+        # Not a transaction message: sent when it happens, not queued (1.6 §3.7 lets the
+        # others go ahead); after a reconnect every connector's status goes again.
+        with contextlib.suppress(OCPPError):  # a CSMS refusing a status gets it once only
+            await self._call(
+                call.StatusNotification(
+                    connector_id=n,
+                    error_code=error,
+                    status=state,
+                    info=info[:50] or None,
+                    vendor_error_code=vendor[:50] or None,
+                    timestamp=iso(datetime.now(UTC)),
+                )
             )
-        )
         self._sent_status[n] = status
 
     # -- transaction messages: into the outbox -----------------------------------------------

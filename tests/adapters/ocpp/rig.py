@@ -54,7 +54,7 @@ FAST_KEYS = {
 def settings(url: str, **kw: Any) -> OcppSettings:
     keys = {**FAST_KEYS, **kw.pop("keys", {})}
     base = OcppSettings(
-        url=url,
+        url=url.removesuffix("/CP_1"),  # the link appends the identity
         identity="CP_1",
         keys=keys,
         call_timeout_s=3.0,

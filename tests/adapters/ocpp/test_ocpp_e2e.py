@@ -112,6 +112,13 @@ def wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def reply(csms: CentralSystem, message: Any) -> Any:
+    """The CSMS's answer to a charge point's CALL, once it is in the log."""
+    found: list[Any] = []
+    wait(lambda: bool(found.append(csms.reply_to(message)) or found[-1]), 5, "the answer")
+    return found[-1]
+
+
 def tag(ctl: Controller, connector: str, id_tag: str) -> dict[str, Any]:
     return request(ctl.socket, "session_tag", timeout_s=15.0, connector=connector, id_tag=id_tag)
 
@@ -181,7 +188,7 @@ def test_a_working_day_transactions_remote_commands_profiles_and_errors(
             assert answer["ok"] and answer["result"] == "authorised", answer
             csms.wait_for("Authorize", lambda p: p["idTag"] == "RFID1")
             start1 = csms.wait_for("StartTransaction", lambda p: p["connectorId"] == 1)
-            tx1 = csms.reply_to(start1)
+            tx1 = reply(csms, start1)
             assert tx1 is not None and tx1.payload["transactionId"] == 1000
             csms.wait_for(
                 "StatusNotification",
@@ -207,7 +214,7 @@ def test_a_working_day_transactions_remote_commands_profiles_and_errors(
                 "status": "Accepted"
             }
             start2 = csms.wait_for("StartTransaction", lambda p: p["connectorId"] == 2)
-            tx2 = csms.reply_to(start2)
+            tx2 = reply(csms, start2)
             assert tx2 is not None and tx2.payload["transactionId"] == 1001
             wait(lambda: connectors(ctl)["cp2"]["limit_a"] >= 6, 15, "cp2 charging")
 
@@ -330,9 +337,9 @@ def test_an_outage_of_many_retry_intervals_then_a_sigkill_mid_transaction(
             ]
             assert len(starts) == 1, "the offline start went exactly once"
             start1 = starts[0]
-            reply = csms.reply_to(start1)
-            assert reply is not None and reply.message_type == CALLRESULT
-            txid1 = reply.payload["transactionId"]
+            answer1 = reply(csms, start1)
+            assert answer1.message_type == CALLRESULT
+            txid1 = answer1.payload["transactionId"]
             assert stop1.payload["transactionId"] == txid1
             assert start1.payload["idTag"] == "LISTED"
             # In order, exactly once: Start, then its meter values, then its Stop; the offline
@@ -354,11 +361,13 @@ def test_an_outage_of_many_retry_intervals_then_a_sigkill_mid_transaction(
             assert ocpp_status(ctl)["messages_dropped"] == 0
 
             # SIGKILL mid-transaction: cp2 goes on, cp3's car leaves at 36 s while we are down.
-            tx2 = csms.reply_to(
-                next(m for m in calls(csms, "StartTransaction") if m.payload["connectorId"] == 2)
+            tx2 = reply(
+                csms,
+                next(m for m in calls(csms, "StartTransaction") if m.payload["connectorId"] == 2),
             )
-            tx3 = csms.reply_to(
-                next(m for m in calls(csms, "StartTransaction") if m.payload["connectorId"] == 3)
+            tx3 = reply(
+                csms,
+                next(m for m in calls(csms, "StartTransaction") if m.payload["connectorId"] == 3),
             )
             assert tx2 is not None and tx3 is not None
             wait_sim(sim, 33)

@@ -1,0 +1,138 @@
+"""The CSMS's other requests against the link: TriggerMessage, reservations, availability,
+Reset, UnlockConnector, DataTransfer, ClearCache; each as the CSMS sees it (the strict test
+central system validates every frame), and what it changes at the site."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from controller.core.sessions import SessionPhase, SessionRefused
+from tests.adapters.ocpp.csms import CentralSystem
+from tests.adapters.ocpp.rig import Site, settings, until
+
+ID = "CP_1"
+
+
+def test_trigger_message_sends_what_was_asked_after_the_answer(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID))):
+            await csms.wait_for_async("BootNotification")
+            await csms.wait_for_async("StatusNotification", lambda p: p["connectorId"] == 2)
+            mark = csms.mark()
+            for what in ("Heartbeat", "BootNotification"):
+                answer = await csms.call_async(ID, "TriggerMessage", {"requestedMessage": what})
+                assert answer == {"status": "Accepted"}
+                await csms.wait_for_async(what, since=mark)
+            answer = await csms.call_async(
+                ID, "TriggerMessage", {"requestedMessage": "StatusNotification", "connectorId": 2}
+            )
+            assert answer == {"status": "Accepted"}
+            status = await csms.wait_for_async("StatusNotification", since=mark)
+            assert status.payload["connectorId"] == 2 and status.payload["status"] == "Available"
+            assert await csms.call_async(
+                ID, "TriggerMessage", {"requestedMessage": "FirmwareStatusNotification"}
+            ) == {"status": "NotImplemented"}
+            assert await csms.call_async(
+                ID, "TriggerMessage", {"requestedMessage": "Heartbeat", "connectorId": 7}
+            ) == {"status": "Rejected"}
+
+    asyncio.run(scenario())
+
+
+def test_a_reservation_holds_the_connector_for_its_tag_until_used_or_cancelled(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    csms.configure(id_tags={"MINE": "Accepted", "OTHER": "Accepted"})
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID))) as site:
+            await csms.wait_for_async("BootNotification")
+
+            def reserve(rid: int, connector: int) -> dict[str, object]:
+                return {"connectorId": connector, "expiryDate": expiry, "idTag": "MINE",
+                        "reservationId": rid}  # fmt: skip
+
+            assert await csms.call_async(ID, "ReserveNow", reserve(7, 0)) == {
+                "status": "Rejected"  # ReserveConnectorZeroSupported is false
+            }
+            assert await csms.call_async(ID, "ReserveNow", reserve(7, 1)) == {"status": "Accepted"}
+            await csms.wait_for_async(
+                "StatusNotification", lambda p: p["connectorId"] == 1 and p["status"] == "Reserved"
+            )
+            assert await csms.call_async(ID, "ReserveNow", reserve(8, 1)) == {"status": "Occupied"}
+            # Someone else's card and a remote start for someone else are refused there.
+            site.plug("cp1")
+            await until(lambda: site.desk.record("cp1") is not None)
+            try:
+                await site.desk.present_id_tag("cp1", "OTHER", by="rfid")
+            except SessionRefused as exc:
+                assert "Reserved" in str(exc)
+            else:
+                raise AssertionError("a reserved connector took another tag")
+            assert await csms.call_async(
+                ID, "RemoteStartTransaction", {"idTag": "OTHER", "connectorId": 1}
+            ) == {"status": "Rejected"}
+            # Its own tag starts, and the StartTransaction names the reservation.
+            await site.desk.present_id_tag("cp1", "MINE", by="rfid")
+            start = await csms.wait_for_async("StartTransaction")
+            assert start.payload["reservationId"] == 7
+            assert site.station.reservations == {}
+            # A cancelled one frees the connector.
+            assert await csms.call_async(ID, "ReserveNow", reserve(9, 2)) == {"status": "Accepted"}
+            assert await csms.call_async(ID, "CancelReservation", {"reservationId": 9}) == {
+                "status": "Accepted"
+            }
+            assert await csms.call_async(ID, "CancelReservation", {"reservationId": 9}) == {
+                "status": "Rejected"
+            }
+
+    asyncio.run(scenario())
+
+
+def test_availability_reset_unlock_data_transfer_and_clear_cache(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    csms.configure(id_tags={"T": "Accepted"}, next_transaction_id=5)
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID))) as site:
+            await csms.wait_for_async("BootNotification")
+            assert await csms.call_async(
+                ID, "ChangeAvailability", {"connectorId": 2, "type": "Inoperative"}
+            ) == {"status": "Accepted"}
+            await csms.wait_for_async(
+                "StatusNotification",
+                lambda p: p["connectorId"] == 2 and p["status"] == "Unavailable",
+            )
+            assert not site.desk.available("cp2")
+            assert await csms.call_async(
+                ID, "RemoteStartTransaction", {"idTag": "T", "connectorId": 2}
+            ) == {"status": "Rejected"}
+            # With a transaction running, inoperative waits for its end: Scheduled.
+            site.plug("cp1")
+            await until(lambda: site.desk.record("cp1") is not None)
+            await site.desk.present_id_tag("cp1", "T", by="rfid")
+            assert await csms.call_async(
+                ID, "ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}
+            ) == {"status": "Scheduled"}
+            assert site.desk.available("cp1")
+            assert await csms.call_async(ID, "UnlockConnector", {"connectorId": 1}) == {
+                "status": "NotSupported"
+            }
+            assert await csms.call_async(ID, "DataTransfer", {"vendorId": "acme"}) == {
+                "status": "UnknownVendorId"
+            }
+            assert await csms.call_async(ID, "ClearCache", {}) == {"status": "Accepted"}
+            # Reset: the transaction stops with SoftReset, then the service restarts.
+            assert await csms.call_async(ID, "Reset", {"type": "Soft"}) == {"status": "Accepted"}
+            stop = await csms.wait_for_async("StopTransaction")
+            assert stop.payload["reason"] == "SoftReset"
+            await until(lambda: site.restarts == 1, what="the restart")
+            assert site.desk.record("cp1").phase is SessionPhase.FINISHING
+
+    asyncio.run(scenario())

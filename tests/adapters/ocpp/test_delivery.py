@@ -1,0 +1,155 @@
+"""Transaction messages that the CSMS refuses, a disk that refuses writes, Basic auth on ws://
+(security profile 1) and the per-EVSE topology, against the strict test central system."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from controller.core.sessions import SessionRefused
+from tests.adapters.ocpp.csms import CALL, CentralSystem
+from tests.adapters.ocpp.rig import Site, settings, until
+
+ID = "CP_1"
+
+
+def test_a_refused_message_is_retried_per_the_keys_and_then_delivered(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    csms.configure(id_tags={"T": "Accepted"}, next_transaction_id=300)
+    csms.configure_action("StartTransaction", reject="InternalError", times=2)
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID))) as site:
+            await csms.wait_for_async("BootNotification")
+            site.plug("cp1")
+            await until(lambda: site.desk.record("cp1") is not None)
+            await site.desk.present_id_tag("cp1", "T", by="rfid")
+            await until(lambda: site.desk.record("cp1").ocpp_transaction_id == 300, 10)
+            starts = csms.messages(ID, "StartTransaction", "from_cp", CALL)
+            assert len(starts) == 3  # refused twice, then taken
+            # RetryInterval x attempt: 1 s, then 2 s between them.
+            at = [datetime.fromisoformat(m.ts.replace("Z", "+00:00")) for m in starts]
+            gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(at)]
+            assert gaps[0] >= 0.9 and gaps[1] >= 1.9, gaps
+            mv = await csms.wait_for_async("MeterValues", timeout_s=4)
+            assert mv.payload["transactionId"] == 300
+
+    asyncio.run(scenario())
+
+
+def test_a_message_refused_every_time_is_dropped_with_its_followers_and_an_event(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    csms.configure(id_tags={"T": "Accepted"})
+    csms.configure_action("StartTransaction", reject="InternalError")  # every time
+    keys = {"TransactionMessageAttempts": "2", "MeterValueSampleInterval": "0"}
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID), keys=keys)) as site:
+            await csms.wait_for_async("BootNotification")
+            site.plug("cp1")
+            await until(lambda: site.desk.record("cp1") is not None)
+            await site.desk.present_id_tag("cp1", "T", by="rfid")
+            site.unplug("cp1")
+            await until(lambda: site.outbox.count("ocpp") == 0, 10, what="the outbox to empty")
+            assert len(csms.messages(ID, "StartTransaction", "from_cp", CALL)) == 2
+            # Without a transactionId there is nothing to stop at the CSMS: never sent.
+            assert csms.messages(ID, "StopTransaction", "from_cp", CALL) == []
+            assert site.station.dropped == 2
+            events = [e for e in site.db.recent_events() if e[1] == "ocpp_message_dropped"]
+            assert {json.loads(e[3])["action"] for e in events} == {
+                "StartTransaction",
+                "StopTransaction",
+            }
+
+    asyncio.run(scenario())
+
+
+def test_a_disk_that_refuses_writes_blocks_new_transactions_and_loses_nothing(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    csms.configure(id_tags={"T": "Accepted"}, next_transaction_id=90)
+    keys = {"MeterValueSampleInterval": "0"}
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID), keys=keys)) as site:
+            await csms.wait_for_async("BootNotification")
+            site.plug("cp1")
+            await until(lambda: site.desk.record("cp1") is not None)
+            await site.desk.present_id_tag("cp1", "T", by="rfid")
+            await until(lambda: site.desk.record("cp1").ocpp_transaction_id == 90)
+            site.db.connection.execute("PRAGMA query_only = ON")  # as a full disk does
+            site.unplug("cp1")
+            # The desk holds the transaction's end until it is on disk; the alarm is up.
+            await until(lambda: site.desk.conditions() != [], what="the store alarm")
+            await asyncio.sleep(0.5)
+            site.plug("cp2")
+            await asyncio.sleep(0.3)
+            try:
+                await site.desk.present_id_tag("cp2", "T", by="rfid")
+            except SessionRefused as exc:
+                assert "cannot" in str(exc)
+            else:
+                raise AssertionError("a transaction started that could not be stored")
+            assert csms.messages(ID, "StopTransaction", "from_cp", CALL) == []
+            site.db.connection.execute("PRAGMA query_only = OFF")
+            stop = await csms.wait_for_async("StopTransaction", timeout_s=5)
+            assert stop.payload["transactionId"] == 90
+            assert stop.payload["reason"] == "EVDisconnected"
+            await until(lambda: site.desk.conditions() == [], what="the alarm to clear")
+            assert site.outbox.count("ocpp") == 0
+
+    asyncio.run(scenario())
+
+
+def test_security_profile_1_sends_basic_auth_and_per_evse_charge_points(
+    csms_factory: Any, tmp_path: Path
+) -> None:
+    key = "0123456789ABCDEF0123"
+    csms: CentralSystem = csms_factory(password=key)
+    csms.start()
+    key_file = tmp_path / "key.yaml"
+    key_file.write_text(f"authorization_key: {key}\n")
+    base = settings(csms.url(ID).rsplit("/", 1)[0])
+    ocpp = replace(
+        base, security_profile=1, credentials_file=key_file, topology="per_evse", identity="S"
+    )
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", ocpp) as site:
+            for identity in ("S-cp1", "S-cp2"):
+                boot = await csms.wait_for_async("BootNotification", identity=identity)
+                assert boot.payload["chargePointVendor"] == "evsite"
+                await csms.wait_for_async(
+                    "StatusNotification", lambda p: p["connectorId"] == 1, identity=identity
+                )
+            conf = await csms.call_async(
+                "S-cp2", "GetConfiguration", {"key": ["NumberOfConnectors"]}
+            )
+            assert conf["configurationKey"][0]["value"] == "1"
+            # A ChargePointMaxProfile of one per-EVSE charge point caps that EVSE only.
+            profile = {
+                "connectorId": 0,
+                "csChargingProfiles": {
+                    "chargingProfileId": 1, "stackLevel": 0,
+                    "chargingProfilePurpose": "ChargePointMaxProfile",
+                    "chargingProfileKind": "Absolute",
+                    "chargingSchedule": {"chargingRateUnit": "A",
+                                         "chargingSchedulePeriod": [{"startPeriod": 0,
+                                                                     "limit": 10}]},
+                },
+            }  # fmt: skip
+            assert await csms.call_async("S-cp2", "SetChargingProfile", profile) == {
+                "status": "Accepted"
+            }
+            assert [(s.id, s.scope, s.current_a) for s in site.slots()] == [
+                ("S-cp2:max", "connector:cp2", 10.0)
+            ]
+
+    asyncio.run(scenario())
