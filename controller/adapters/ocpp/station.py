@@ -885,32 +885,17 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
     # -- smart charging ----------------------------------------------------------------------
 
     def _load_profiles(self) -> cp.ProfileSet:
-        doc = self.store.load(self._profiles_doc) or []
         profiles = []
-        for item in doc:
+        for record in self.store.load(self._profiles_doc) or []:
             try:
-                p = cp.profile_from_ocpp(item["profile"], connector_id=int(item["connectorId"]))
-            except (cp.ProfileError, KeyError, ValueError) as exc:
-                log.error("ocpp_profile_unreadable", error=str(exc))
-                continue
-            installed = item.get("installedAt")
-            profiles.append(
-                replace(p, installed_at=datetime.fromisoformat(installed) if installed else None)
-            )
+                profiles.append(cp.from_record(record))
+            except (cp.ProfileError, KeyError, ValueError, TypeError) as exc:
+                # A damaged record must not cost the others (nor the start).
+                log.error("ocpp_profile_unreadable", identity=self.identity, error=str(exc))
         return cp.ProfileSet(profiles=tuple(profiles))
 
     def _save_profiles(self, profiles: cp.ProfileSet) -> None:
-        self.store.save(
-            self._profiles_doc,
-            [
-                {
-                    "connectorId": p.connector_id,
-                    "profile": cp.profile_to_ocpp(p),
-                    "installedAt": p.installed_at.isoformat() if p.installed_at else None,
-                }
-                for p in profiles
-            ],
-        )
+        self.store.save(self._profiles_doc, [cp.to_record(p) for p in profiles])
         self.profiles = profiles
         self._slot_cache = None
 
