@@ -136,3 +136,106 @@ def test_availability_reset_unlock_data_transfer_and_clear_cache(
             assert site.desk.record("cp1").phase is SessionPhase.FINISHING
 
     asyncio.run(scenario())
+
+
+def test_clock_aligned_and_triggered_meter_values_and_a_faulted_evse(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    csms.configure(id_tags={"T": "Accepted"}, next_transaction_id=12)
+    keys = {"ClockAlignedDataInterval": "1", "MeterValueSampleInterval": "0"}
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID), keys=keys)) as site:
+            await csms.wait_for_async("BootNotification")
+            site.plug("cp1")
+            await until(lambda: site.desk.record("cp1") is not None)
+            await site.desk.present_id_tag("cp1", "T", by="rfid")
+            aligned = await csms.wait_for_async(
+                "MeterValues",
+                lambda p: p["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock",
+                timeout_s=4,
+            )
+            stamp = aligned.payload["meterValue"][0]["timestamp"]
+            assert stamp.endswith(".000Z"), stamp  # on the clock's whole second
+            assert aligned.payload["transactionId"] == 12
+            assert {s["measurand"] for s in aligned.payload["meterValue"][0]["sampledValue"]} == {
+                "Energy.Active.Import.Register"
+            }
+            mark = csms.mark()
+            assert await csms.call_async(
+                ID, "TriggerMessage", {"requestedMessage": "MeterValues", "connectorId": 1}
+            ) == {"status": "Accepted"}
+            triggered = await csms.wait_for_async(
+                "MeterValues",
+                lambda p: p["meterValue"][0]["sampledValue"][0]["context"] == "Trigger",
+                since=mark,
+            )
+            assert triggered.payload["transactionId"] == 12
+            # An EVSE that stops answering: Faulted, with what the device said.
+            site.offline.add("cp2")
+            faulted = await csms.wait_for_async(
+                "StatusNotification", lambda p: p["connectorId"] == 2 and p["status"] == "Faulted"
+            )
+            assert faulted.payload["errorCode"] == "OtherError"
+            assert faulted.payload["vendorErrorCode"] == "evse_offline"
+            site.offline.clear()
+            await csms.wait_for_async(
+                "StatusNotification",
+                lambda p: p["connectorId"] == 2 and p["status"] == "Available",
+                since=faulted.index,
+            )
+
+    asyncio.run(scenario())
+
+
+def test_a_remote_start_with_a_profile_and_a_tx_default_profile_in_watts(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    csms.configure(id_tags={"APP": "Accepted"}, next_transaction_id=77)
+    tx_profile = {
+        "chargingProfileId": 5, "stackLevel": 2, "chargingProfilePurpose": "TxProfile",
+        "chargingProfileKind": "Relative",
+        "chargingSchedule": {"chargingRateUnit": "A",
+                             "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.5}]},
+    }  # fmt: skip
+    default_w = {
+        "connectorId": 0,
+        "csChargingProfiles": {
+            "chargingProfileId": 6, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileKind": "Absolute",
+            "chargingSchedule": {"chargingRateUnit": "W", "startSchedule": "2020-01-01T00:00:00Z",
+                                 "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 7400}]},
+        },
+    }  # fmt: skip
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID))) as site:
+            await csms.wait_for_async("BootNotification")
+            assert await csms.call_async(ID, "SetChargingProfile", default_w) == {
+                "status": "Accepted"
+            }
+            by_id = {s.id: s for s in site.slots()}
+            assert by_id["connector-1"].power_w == 7400 and by_id["connector-2"].power_w == 7400
+            answer = await csms.call_async(
+                ID,
+                "RemoteStartTransaction",
+                {"idTag": "APP", "connectorId": 1, "chargingProfile": tx_profile},
+            )
+            assert answer == {"status": "Accepted"}
+            site.plug("cp1")
+            await csms.wait_for_async("StartTransaction")
+            await until(lambda: site.desk.record("cp1").ocpp_transaction_id == 77)
+            by_id = {s.id: s for s in site.slots()}
+            assert by_id["connector-1"].current_a == 10.5  # the TxProfile beats the default
+            assert by_id["connector-2"].power_w == 7400
+            assert await csms.call_async(ID, "RemoteStopTransaction", {"transactionId": 77}) == {
+                "status": "Accepted"
+            }
+            await csms.wait_for_async("StopTransaction")
+            # The TxProfile ended with its transaction; the default stays.
+            assert {s.id: s.power_w for s in site.slots()} == {
+                "connector-1": 7400,
+                "connector-2": 7400,
+            }
+
+    asyncio.run(scenario())

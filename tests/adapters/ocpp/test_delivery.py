@@ -153,3 +153,26 @@ def test_security_profile_1_sends_basic_auth_and_per_evse_charge_points(
             ]
 
     asyncio.run(scenario())
+
+
+def test_a_pending_boot_is_retried_after_its_interval_and_nothing_else_goes_meanwhile(
+    csms_factory: Any, tmp_path: Path
+) -> None:
+    csms: CentralSystem = csms_factory(boot_status="Pending", heartbeat_interval_s=1)
+    csms.start()
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID))) as site:
+            await csms.wait_for_async("BootNotification")
+            # Pending: the CSMS may configure the charge point, which sends nothing else.
+            conf = await csms.call_async(ID, "GetConfiguration", {"key": ["NumberOfConnectors"]})
+            assert conf["configurationKey"][0]["value"] == "2"
+            await asyncio.sleep(1.5)
+            assert len(csms.messages(ID, "BootNotification", "from_cp", CALL)) >= 2
+            assert csms.messages(ID, "StatusNotification", "from_cp", CALL) == []
+            assert site.station.boot_status == "Pending"
+            csms.configure(boot_status="Accepted")
+            await csms.wait_for_async("StatusNotification", timeout_s=4)
+            await until(lambda: site.station.online)
+
+    asyncio.run(scenario())
