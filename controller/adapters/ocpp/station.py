@@ -731,6 +731,12 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
         doc = json.loads(row.payload)
         session_id: str = doc["session"]
         payload: dict[str, Any] = dict(doc["payload"])
+        if row.kind == "StartTransaction" and self.transaction_id(session_id) is not None:
+            # Its answer was stored, but the service died before the row left the outbox:
+            # the CSMS has this transaction already; a second one would stay open forever.
+            log.info("ocpp_start_already_confirmed", identity=self.identity, session=session_id)
+            self._ack([row.id])
+            return
         if row.kind != "StartTransaction":
             txid = self.transaction_id(session_id)
             if txid is None:

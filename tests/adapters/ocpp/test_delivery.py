@@ -176,3 +176,40 @@ def test_a_pending_boot_is_retried_after_its_interval_and_nothing_else_goes_mean
             await until(lambda: site.station.online)
 
     asyncio.run(scenario())
+
+
+def test_a_start_whose_answer_was_stored_before_a_crash_is_not_sent_again(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    """The window between storing StartTransaction.conf's transactionId and removing the row:
+    after a crash there, the row must not open a second transaction at the CSMS."""
+    csms.configure(id_tags={"T": "Accepted"}, next_transaction_id=400)
+    state = tmp_path / "state"
+    keys = {"MeterValueSampleInterval": "0"}
+
+    async def first() -> str:
+        async with Site(state, settings(csms.url(ID), keys=keys)) as site:
+            await csms.wait_for_async("BootNotification")
+            site.plug("cp1")
+            await until(lambda: site.desk.record("cp1") is not None)
+            await site.desk.present_id_tag("cp1", "T", by="rfid")
+            await until(lambda: site.desk.record("cp1").ocpp_transaction_id == 400)
+            session = site.desk.record("cp1").id
+            # Put the row back as if the ack had not reached the disk.
+            start = csms.messages(ID, "StartTransaction", "from_cp", CALL)[0].payload
+            site.outbox.append(
+                "ocpp", "StartTransaction", json.dumps({"session": session, "payload": start})
+            )
+            return session
+
+    session = asyncio.run(first())
+
+    async def second() -> None:
+        async with Site(state, settings(csms.url(ID), keys=keys)) as site:
+            site.plug("cp1")
+            await csms.wait_for_async("BootNotification", since=1)
+            await until(lambda: site.outbox.count("ocpp") == 0)
+            assert len(csms.messages(ID, "StartTransaction", "from_cp", CALL)) == 1
+            assert site.desk.record("cp1").id == session
+
+    asyncio.run(second())
