@@ -87,7 +87,26 @@ def render_status(status: dict[str, Any]) -> Group:
         if mqtt.get("last_error") and mqtt["state"] != "connected":
             line += f" ({mqtt['last_error']})"
         parts.append(Text(line, style="green" if mqtt["state"] == "connected" else "yellow"))
+    parts.extend(ocpp_lines(status.get("ocpp")))
     return Group(*parts)
+
+
+def ocpp_lines(ocpp: dict[str, Any] | None) -> list[Text]:
+    """One line per OCPP charge point: its state, what waits for the CSMS, the last error."""
+    if not ocpp:
+        return []
+    if ocpp.get("state") == "misconfigured":
+        return [Text(f"OCPP: not started ({ocpp.get('last_error')})", style="red")]
+    lines = []
+    for st in ocpp.get("stations", []):
+        line = f"OCPP {st['identity']} ({st['url']}): {st['state']}, "
+        line += f"{st['messages_queued']} transaction messages queued"
+        if st.get("messages_dropped"):
+            line += f", {st['messages_dropped']} dropped"
+        if st.get("last_error") and st["state"] != "online":
+            line += f" ({st['last_error']})"
+        lines.append(Text(line, style="green" if st["state"] == "online" else "yellow"))
+    return lines
 
 
 _PHASE_STYLE = {"active": "green", "pending": "yellow", "authorised": "cyan", "finishing": "dim"}

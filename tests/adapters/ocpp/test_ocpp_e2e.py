@@ -433,6 +433,9 @@ def test_security_profile_2_and_wrong_credentials(
         try:
             ctl.wait_socket()
             wait(lambda: "401" in str(ocpp_status(ctl)["last_error"]), 10, "the 401 in the status")
+            shown = ctl.cli("status").stdout
+            assert f"OCPP {ID} (wss://localhost:{csms.port}/ocpp/{ID}): " in shown, shown
+            assert "HTTP 401" in shown
             mark = csms.mark()
             time.sleep(4.0)
             refused = [e for e in csms.events(ID, since=mark) if e.event == "rejected"]
