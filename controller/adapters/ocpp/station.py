@@ -379,7 +379,18 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
                 if task.cancelled():
                     continue
                 exc = task.exception()
-                if exc is not None and not isinstance(exc, ConnectionClosed):
+                if exc is None or isinstance(exc, ConnectionClosed):
+                    continue
+                if isinstance(exc, TimeoutError):
+                    # A call without an answer: the connection is taken for dead and renewed.
+                    self.last_error = (
+                        f"the CSMS did not answer within {self.settings.call_timeout_s:g} s"
+                    )
+                    log.warning("ocpp_no_answer", identity=self.identity, error=self.last_error)
+                elif isinstance(exc, OCPPError):
+                    self.last_error = f"the CSMS refused BootNotification: {exc.code}"
+                    log.warning("ocpp_boot_refused", identity=self.identity, code=exc.code)
+                else:
                     log.error("ocpp_session_failed", identity=self.identity, error=repr(exc))
                     self.last_error = f"internal error: {exc!r}"
         finally:

@@ -213,3 +213,22 @@ def test_a_start_whose_answer_was_stored_before_a_crash_is_not_sent_again(
             assert site.desk.record("cp1").id == session
 
     asyncio.run(second())
+
+
+def test_a_csms_that_stops_answering_is_reported_and_the_connection_renewed(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    csms.configure(heartbeat_interval_s=1)
+    csms.configure_action("Heartbeat", no_reply=True)
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID))) as site:
+            await csms.wait_for_async("BootNotification")
+            await until(lambda: "did not answer within 3 s" in str(site.station.last_error), 8)
+            csms.configure_action("Heartbeat")
+            await until(lambda: len([e for e in csms.events(ID) if e.event == "connected"]) >= 2, 5)
+            await until(lambda: site.station.online)
+            # Booted once per run: the new connection sends the statuses, not a second boot.
+            assert len(csms.messages(ID, "BootNotification", "from_cp", CALL)) == 1
+
+    asyncio.run(scenario())
