@@ -18,6 +18,10 @@
   recorded with who gave it), ``tariff_set`` / ``tariff_clear`` (TariffBook) and ``status_get``.
   Limits go through the SlotBook (controller.app.limit_commands, shared with the socket):
   stored before they apply, they only lower.
+- Home Assistant discovery (``mqtt.home_assistant``): the configs of
+  controller.adapters.mqtt.home_assistant, published at each connection; the topics published
+  are remembered in the state file, so that those no longer wanted (all, when switched off)
+  are removed with an empty retained message.
 - The test-only socket command ``debug_inject_events {"count": N}`` exists only with
   ``mqtt.allow_test_injection: true``.
 
