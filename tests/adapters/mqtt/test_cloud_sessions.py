@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from controller.adapters.mqtt.commands import CommandTable, Request
 from controller.adapters.mqtt.link import CHANNEL
 from controller.app.cloud import CloudLink, outbox_gate
 from controller.app.sessions import SessionDesk
@@ -327,6 +328,17 @@ def test_paid_sessions_are_refused_while_the_outbox_alarm_is_up(
         for method in (AuthMethod.CARD, AuthMethod.REMOTE):
             with pytest.raises(SessionRefused, match="outbox_full"):
                 s.desk.start("cp1", method=method, by="test")
+        # The app start as the cloud sends it (handled as the link would, the broker being
+        # away): refused with the reason, no field at fault.
+        table = CommandTable(s.cloud.link.topics, s.cloud.link._table.commands)
+        outcome = await table.handle(
+            Request(topic=f"{PREFIX}/cmd/session_start", payload=b'{"connector": "cp1"}',
+                    response_topic=f"{PREFIX}/reply/backend")
+        )  # fmt: skip
+        assert outcome.reply is not None
+        answer = json.loads(outcome.reply.payload)
+        assert answer["ok"] is False and "field" not in answer
+        assert answer["error"].startswith("no paid sessions while the event outbox")
         assert s.desk.record("cp1").phase is SessionPhase.PENDING  # type: ignore[union-attr]
         # Not paid: a technician's start goes on; its events still have room below the bound.
         s.desk.start("cp2", method=AuthMethod.TECHNICIAN, by="cli")
