@@ -95,7 +95,8 @@ class SessionDesk:
         self._clean_shutdown = False
         self._views: dict[str, ConnectorView] = {}
         self._available: dict[str, bool] = dict.fromkeys(self.connectors, True)
-        self._availability_pending: dict[str, bool] = {}
+        # connector -> (available, who asked): applied when its running transaction ends
+        self._availability_pending: dict[str, tuple[bool, str]] = {}
         self._dirty: dict[str, SessionRecord] = {}
         self._meter_saved_s: dict[str, float] = {}
         self._store_error: str | None = None
@@ -337,7 +338,7 @@ class SessionDesk:
         self._known(connector)
         rec = self._open.get(connector)
         if not available and rec is not None and rec.phase is SessionPhase.ACTIVE:
-            self._availability_pending[connector] = available
+            self._availability_pending[connector] = (available, by)
             log.info("availability_scheduled", connector=connector, available=available, by=by)
             return "scheduled"
         self._availability_pending.pop(connector, None)
@@ -547,11 +548,11 @@ class SessionDesk:
                     log.error("session_listener_failed", kind=event.kind.value, error=repr(exc))
 
     def _apply_pending_availability(self) -> None:
-        for cid, available in list(self._availability_pending.items()):
+        for cid, (available, by) in list(self._availability_pending.items()):
             rec = self._open.get(cid)
             if rec is None or rec.phase is not SessionPhase.ACTIVE:
                 del self._availability_pending[cid]
-                self._set_available(cid, available, "scheduled")
+                self._set_available(cid, available, by)
 
     def _set_available(self, connector: str, available: bool, by: str) -> None:
         try:

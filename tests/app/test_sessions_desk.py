@@ -494,6 +494,8 @@ def test_availability_off_waits_for_the_running_transaction_then_applies(rig: Ri
     rig.cars["cp1"] = False
     rig.tick()
     assert not rig.desk.available("cp1")
+    # who asked is what is recorded, not the fact that it waited
+    assert rig.desk.store.availability()["cp1"] == (False, "ocpp")
     rig.cars["cp1"] = True
     rig.tick()
     assert rig.desk.record("cp1") is None and rig.hold("cp1") == "unavailable"
