@@ -780,8 +780,10 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
         self._retry_at = 0.0
         if row.kind == "StartTransaction":
             self._started(session_id, payload, conf)
-        elif row.kind == "StopTransaction" and conf.id_tag_info and payload.get("idTag"):
-            self._remember(str(payload["idTag"]), conf.id_tag_info)
+        elif row.kind == "StopTransaction":
+            if conf.id_tag_info and payload.get("idTag"):
+                self._remember(str(payload["idTag"]), conf.id_tag_info)
+            self._txids.pop(session_id, None)  # nothing of it follows a Stop
         self._ack([row.id])
         self.delivered += 1
 

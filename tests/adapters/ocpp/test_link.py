@@ -93,9 +93,8 @@ def test_change_configuration_persists_and_the_site_file_wins_once_it_changes(
     async def value_after(yaml_value: str) -> str:
         async with Site(
             state, settings(csms.url(ID), keys={"MeterValueSampleInterval": yaml_value})
-        ):
-            await csms.wait_connected_async(ID)
-            await asyncio.sleep(0.3)
+        ) as site:
+            await until(lambda: site.station.online, what="online")
             conf = await csms.call_async(
                 ID, "GetConfiguration", {"key": ["MeterValueSampleInterval"]}
             )
@@ -285,7 +284,7 @@ def test_smart_charging_profiles_become_slots_survive_a_restart_and_compose(
 
     async def second() -> None:
         async with Site(state, settings(csms.url(ID), keys={})) as site:
-            await csms.wait_for_async("BootNotification")
+            await until(lambda: site.station.online, what="online")
             assert [(s.id, s.current_a) for s in site.slots()] == [("max", 20.0)]
             # cp2 is rated 16 A: its composite says 16, never the profile's 20.
             comp = await csms.call_async(
