@@ -159,6 +159,11 @@ def schema_problem(action: str, payload: dict[str, Any]) -> tuple[str, str] | No
     error = schema_exceptions.best_match(validator.iter_errors(checked))
     if error is None:
         return None
-    code = _CODE_BY_KEYWORD.get(str(error.validator), "FormationViolation")
+    keyword = str(error.validator)
+    code = _CODE_BY_KEYWORD.get(keyword, "FormationViolation")
     where = "/".join(str(p) for p in error.absolute_path) or "payload"
-    return code, f"{where}: {error.message}"
+    if keyword in ("required", "additionalProperties"):
+        return code, f"{where}: {error.message}"  # names properties only
+    # Never the offending value itself: it may be a secret (ChangeConfiguration of
+    # AuthorizationKey) and the description goes to the log.
+    return code, f"{where}: violates {keyword} {error.validator_value!r}"[:DESCRIPTION_MAX]

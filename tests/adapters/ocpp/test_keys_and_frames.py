@@ -160,3 +160,12 @@ def test_what_is_not_a_refusal() -> None:
     ok = classify('[2,"a","ChangeConfiguration",{"key":"k","value":"v"}]', SUPPORTED)
     assert ok == InboundCall(unique_id="a", action="ChangeConfiguration",
                              payload={"key": "k", "value": "v"})  # fmt: skip
+
+
+def test_a_refusal_never_repeats_the_value_it_refused() -> None:
+    """The description goes to the log: a malformed AuthorizationKey must not end up there."""
+    secret = "s3cret" * 90  # longer than ChangeConfiguration's 500 characters
+    text = json.dumps([2, "a", "ChangeConfiguration", {"key": "AuthorizationKey", "value": secret}])
+    found = classify(text, SUPPORTED)
+    assert isinstance(found, Refusal) and found.code == "PropertyConstraintViolation"
+    assert "s3cret" not in found.description and "maxLength 500" in found.description
