@@ -169,3 +169,19 @@ def test_a_refusal_never_repeats_the_value_it_refused() -> None:
     found = classify(text, SUPPORTED)
     assert isinstance(found, Refusal) and found.code == "PropertyConstraintViolation"
     assert "s3cret" not in found.description and "maxLength 500" in found.description
+
+
+def test_reconnect_backoff_doubles_to_its_cap_with_jitter(tmp_path: Path) -> None:
+    import random
+
+    from tests.adapters.ocpp.rig import Site, settings
+
+    site = Site(tmp_path / "state", settings("ws://127.0.0.1:9/ocpp"))
+    station = site.station
+    station._rng = random.Random(7)
+    waits = [[station._backoff_s(attempt) for _ in range(200)] for attempt in range(6)]
+    # reconnect_min_s 0.1, reconnect_max_s 0.5: bases 0.1, 0.2, 0.4, 0.5, 0.5, ...
+    for attempt, base in enumerate([0.1, 0.2, 0.4, 0.5, 0.5, 0.5]):
+        assert all(base / 2 <= w <= base for w in waits[attempt])
+        assert max(waits[attempt]) - min(waits[attempt]) > base / 4  # spread: no lockstep
+    site.db.close()
