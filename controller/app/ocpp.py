@@ -262,6 +262,7 @@ class OcppLink:
         self._by_connector = {cid: s for s in self.stations for cid in s.connectors.values()}
         desk.authorisers.append(self.authorise)
         desk.gates.append(self.gate)
+        desk.holds.append(self.hold)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -315,6 +316,10 @@ class OcppLink:
         return IdTagDecision(
             accepted=answer.accepted, status=answer.status, parent_id_tag=answer.parent_id_tag
         )
+
+    def hold(self, connector: str, id_tag: str | None) -> str | None:
+        station = self._by_connector.get(connector) if self.stations else None
+        return None if station is None else station.hold(connector, id_tag)
 
     def gate(self, method: AuthMethod) -> str | None:
         channels = {s.channel for s in self.stations}

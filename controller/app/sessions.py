@@ -68,6 +68,10 @@ class IdTagDecision:
 Authoriser = Callable[[str, str], Awaitable[IdTagDecision | None]]
 # A gate may refuse a new session by method: returns the reason, or None to let it pass.
 StartGate = Callable[[AuthMethod], str | None]
+# A hold keeps a connector for one idTag (an OCPP reservation): (connector, the idTag of the
+# new session or None) -> the reason to refuse it, or None. Free vend does not start a session
+# on a held connector: its car waits for the idTag the connector is held for.
+ConnectorHold = Callable[[str, str | None], str | None]
 
 
 class SessionDesk:
@@ -105,6 +109,7 @@ class SessionDesk:
         self.listeners: list[Callable[[SessionEvent], None]] = []
         self.authorisers: list[Authoriser] = []
         self.gates: list[StartGate] = []
+        self.holds: list[ConnectorHold] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -186,10 +191,34 @@ class SessionDesk:
                 new_id=self.new_id(),
                 now_s=now_s,
                 wall=wall,
-                free_vend=self.settings.free_vend,
+                free_vend=self.settings.free_vend and self._held(cid, None) is None,
                 available=self._available[cid],
                 connection_timeout_s=self.settings.connection_timeout_s,
             )
+            if (
+                new is not None
+                and new is rec
+                and new.phase is SessionPhase.PENDING
+                and self.settings.free_vend
+                and view.vehicle_present
+                and self._available[cid]
+                and self._held(cid, None) is None
+                and self._gate(AuthMethod.FREE) is None
+            ):
+                # A car a hold kept waiting under free vend: the hold is gone, it starts.
+                new, happened = authorise(
+                    new,
+                    connector=cid,
+                    new_id=new.id,
+                    method=AuthMethod.FREE,
+                    id_tag=None,
+                    priority_tier=None,
+                    vehicle_present=True,
+                    energy_wh=view.energy_wh,
+                    now_s=now_s,
+                    wall=wall,
+                    available=True,
+                )
             if rec is None and new is not None and new.phase is SessionPhase.ACTIVE:
                 refusal = self._gate(new.method or AuthMethod.FREE)
                 if refusal is not None:
@@ -254,6 +283,9 @@ class SessionDesk:
         refusal = self._gate(method)
         if refusal is not None:
             raise SessionRefused(refusal, code="refused")
+        held = self._held(connector, id_tag)
+        if held is not None:
+            raise SessionRefused(held, code="held")
         view = self._views.get(connector, ConnectorView(vehicle_present=None))
         rec, happened = authorise(
             self._open.get(connector),
@@ -418,6 +450,13 @@ class SessionDesk:
             refusal = gate(method)
             if refusal is not None:
                 return refusal
+        return None
+
+    def _held(self, connector: str, id_tag: str | None) -> str | None:
+        for hold in self.holds:
+            reason = hold(connector, id_tag)
+            if reason is not None:
+                return reason
         return None
 
     def _record_of(self, session_id: str) -> SessionRecord:

@@ -229,6 +229,7 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
         self._heartbeat_s = float(keys.number("HeartbeatInterval"))
         self._sent_status: dict[int, tuple[str, str, str, str]] = {}
         self._txids: dict[str, int] = {}
+        self._parents: dict[str, str] = {}  # idTag -> its parentIdTag, as last authorised
         self._unqueued: list[NewMessage] = []
         self._next_sample: dict[str, float] = {}
         self._aligned_slot: int | None = None
@@ -598,7 +599,7 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
             "timestamp": iso(rec.started_at or self.site.now()),
         }
         for rid, r in list(self.reservations.items()):
-            if r.connector == n and id_tag in (r.id_tag, r.parent_id_tag):
+            if r.connector == n and self._may_use(r, id_tag, None):
                 payload["reservationId"] = rid
                 self._drop_reservation(rid, "used")
         return payload
@@ -859,21 +860,50 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
 
     # -- authorisation -----------------------------------------------------------------------
 
-    def reserved_for_other(self, n: int, id_tag: str) -> bool:
+    def _may_use(self, r: Reservation, id_tag: str | None, parent: str | None) -> bool:
+        """1.6 §5.13: the reserved idTag, or any idTag of the reservation's parentIdTag."""
+        if id_tag is None:
+            return False
+        if id_tag == r.id_tag:
+            return True
+        parent = parent or self._parents.get(id_tag)
+        return r.parent_id_tag is not None and parent == r.parent_id_tag
+
+    def reserved_for_other(self, n: int, id_tag: str | None, parent: str | None = None) -> bool:
         return any(
-            r.connector == n and id_tag not in (r.id_tag, r.parent_id_tag)
+            r.connector == n and not self._may_use(r, id_tag, parent)
             for r in self.reservations.values()
         )
+
+    def hold(self, connector: str, id_tag: str | None) -> str | None:
+        """A SessionDesk hold: a reserved connector starts only for its idTag (not by free
+        vend, a card or another tag)."""
+        n = self._number.get(connector)
+        if n is None:
+            return None
+        for r in self.reservations.values():
+            if r.connector == n and not self._may_use(r, id_tag, None):
+                return f"connector {connector} is reserved (reservation {r.reservation_id})"
+        return None
 
     async def authorise(self, connector: str, id_tag: str) -> Authorisation | None:
         """An idTag presented at a connector: the CSMS when online (the cache and the local
         list first with LocalPreAuthorize), else the local list and cache per
-        LocalAuthorizeOffline, else AllowOfflineTxForUnknownId."""
+        LocalAuthorizeOffline, else AllowOfflineTxForUnknownId. A connector reserved for
+        another idTag (or another parentIdTag) refuses it."""
         n = self._number.get(connector)
         if n is None:
             return None
-        if self.reserved_for_other(n, id_tag):
+        answer = await self._authorise(id_tag)
+        if answer.parent_id_tag is not None:
+            self._parents[id_tag] = answer.parent_id_tag
+            while len(self._parents) > 10_000:
+                del self._parents[next(iter(self._parents))]
+        if answer.accepted and self.reserved_for_other(n, id_tag, answer.parent_id_tag):
             return Authorisation(accepted=False, status="Reserved", source="reservation")
+        return answer
+
+    async def _authorise(self, id_tag: str) -> Authorisation:
         now = self.site.now()
         found = self.auth.lookup(
             id_tag,

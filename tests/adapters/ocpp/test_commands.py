@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from controller.core.sessions import SessionPhase, SessionRefused
-from tests.adapters.ocpp.csms import CentralSystem
+from tests.adapters.ocpp.csms import CALL, CentralSystem, IdTag
 from tests.adapters.ocpp.rig import Site, settings, until
 
 ID = "CP_1"
@@ -237,5 +237,42 @@ def test_a_remote_start_with_a_profile_and_a_tx_default_profile_in_watts(
                 "connector-1": 7400,
                 "connector-2": 7400,
             }
+
+    asyncio.run(scenario())
+
+
+def test_a_reservation_holds_a_free_vend_connector_for_its_parent_id_tag(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    csms.configure(
+        id_tags={
+            "FLEET-7": IdTag(status="Accepted", parent_id_tag="FLEET"),
+            "PRIVATE": "Accepted",
+        }
+    )
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID)), free_vend=True) as site:
+            await csms.wait_for_async("BootNotification")
+            reserve = {"connectorId": 1, "expiryDate": expiry, "idTag": "FLEET-1",
+                       "parentIdTag": "FLEET", "reservationId": 3}  # fmt: skip
+            assert await csms.call_async(ID, "ReserveNow", reserve) == {"status": "Accepted"}
+            # Free vend, but reserved: the car waits (no transaction, no current).
+            site.plug("cp1")
+            await until(lambda: site.desk.record("cp1") is not None)
+            await asyncio.sleep(0.3)
+            assert site.desk.record("cp1").phase is SessionPhase.PENDING
+            assert csms.messages(ID, "StartTransaction", "from_cp", CALL) == []
+            try:
+                await site.desk.present_id_tag("cp1", "PRIVATE", by="rfid")
+            except SessionRefused as exc:
+                assert "Reserved" in str(exc)
+            else:
+                raise AssertionError("another tag took a reserved connector")
+            # Another tag of the same parent may use it.
+            await site.desk.present_id_tag("cp1", "FLEET-7", by="rfid")
+            start = await csms.wait_for_async("StartTransaction")
+            assert start.payload["idTag"] == "FLEET-7" and start.payload["reservationId"] == 3
 
     asyncio.run(scenario())

@@ -1,0 +1,62 @@
+"""SessionDesk holds (an OCPP reservation keeps a connector for one idTag), on a real state
+file with the desk Rig of test_sessions_desk: under free vend a held connector's car waits
+for its idTag instead of starting, other starts there are refused, and once the hold is gone
+the waiting car starts as free vend promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.core.sessions import AuthMethod, SessionEventKind, SessionPhase, SessionRefused
+from tests.app.test_sessions_desk import Rig
+
+K = SessionEventKind
+
+
+def held_for(tag: str, connector: str, active: list[bool]) -> object:
+    def hold(cid: str, id_tag: str | None) -> str | None:
+        if active[0] and cid == connector and id_tag != tag:
+            return f"reserved for {tag}"
+        return None
+
+    return hold
+
+
+def test_free_vend_waits_at_a_held_connector_for_its_tag(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "evsite.sqlite3")
+    rig.desk.restore(clean_shutdown=True)
+    active = [True]
+    rig.desk.holds.append(held_for("MINE", "cp1", active))  # type: ignore[arg-type]
+    rig.cars["cp1"] = rig.cars["cp2"] = True
+    rig.tick()
+    rig.tick()
+    # cp2 is not held: free vend starts it; cp1's car waits, without current.
+    assert rig.desk.record("cp2").phase is SessionPhase.ACTIVE
+    assert rig.desk.record("cp1").phase is SessionPhase.PENDING
+    assert rig.hold("cp1") == "not_authorised"
+    with pytest.raises(SessionRefused, match="reserved for MINE"):
+        rig.desk.start("cp1", method=AuthMethod.CARD, by="card")
+    with pytest.raises(SessionRefused, match="reserved for MINE"):
+        rig.desk.start("cp1", method=AuthMethod.ID_TAG, by="rfid", id_tag="OTHER")
+    started = rig.desk.start("cp1", method=AuthMethod.ID_TAG, by="rfid", id_tag="MINE")
+    assert started.phase is SessionPhase.ACTIVE and started.id_tag == "MINE"
+    rig.db.close()
+
+
+def test_a_car_kept_waiting_starts_under_free_vend_once_the_hold_is_gone(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "evsite.sqlite3")
+    rig.desk.restore(clean_shutdown=True)
+    active = [True]
+    rig.desk.holds.append(held_for("MINE", "cp1", active))  # type: ignore[arg-type]
+    rig.cars["cp1"] = True
+    rig.tick()
+    assert rig.desk.record("cp1").phase is SessionPhase.PENDING
+    active[0] = False  # the reservation expired or was cancelled
+    rig.tick()
+    rec = rig.desk.record("cp1")
+    assert rec.phase is SessionPhase.ACTIVE and rec.method is AuthMethod.FREE
+    assert rig.kinds() == [("cp1", K.PENDING), ("cp1", K.STARTED)]
+    assert rig.row(rec.id)["phase"] == "active"  # on disk before anyone was told
+    rig.db.close()
