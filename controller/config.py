@@ -61,6 +61,8 @@ from drivers.registry import (
     capabilities,
     line_time_s,
 )
+from drivers.terminal.profile import PROFILES as TERMINAL_PROFILES
+from drivers.terminal.settings import SerialLink, TcpLink, TerminalSettings
 
 __all__ = [
     "ROOT_CIRCUIT_ID",
@@ -124,6 +126,7 @@ class LoadedConfig:
     mqtt: MqttSettings | None = None  # None: no cloud link over MQTT
     ocpp: OcppSettings | None = None  # None: no OCPP link
     tariff: Tariff | None = None  # None: no tariff, no card payments
+    terminal: TerminalSettings | None = None  # None: no payment terminal
     sessions: SessionSettings = field(default_factory=SessionSettings)
 
 
@@ -765,6 +768,28 @@ class TariffPayload(BaseModel):
     preauth_cents: int = Field(default=DEFAULT_PREAUTH_CENTS, gt=0)
 
 
+class _TerminalModel(BaseModel):
+    """``terminal:``: the site's ZVT payment terminal (docs/configuration.md, payments.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    id: Id = "terminal"
+    port: Annotated[str, AfterValidator(_valid_serial_port)] | None = None
+    host: Annotated[str, AfterValidator(_valid_host)] | None = None
+    tcp_port: Annotated[int, AfterValidator(_valid_tcp_port)] = 20007
+    baudrate: Annotated[int, AfterValidator(_valid_baudrate)] = 9600
+    parity: Annotated[str, AfterValidator(_valid_parity)] = "N"
+    stopbits: Annotated[int, AfterValidator(_one_of(1, 2))] = 2
+    profile: Literal["generic", "feig_cvend", "book_total"] = "generic"
+    password: int = Field(default=0, ge=0, le=999999)
+    connectors: list[str] | None = None
+    t1_s: float = Field(default=0.2, gt=0, le=10)
+    t3_s: float = Field(default=5.0, gt=0, le=60)
+    t4_s: float = Field(default=180.0, gt=0, le=600)
+    stop_headroom_s: float = Field(default=5.0, gt=0, le=600)
+    retry_s: float = Field(default=30.0, gt=0, le=3600)
+    usage_save_s: float = Field(default=10.0, gt=0, le=600)
+
+
 _OCPP_IDENTITY_RE = re.compile(r"[A-Za-z0-9_.*+|@-]{1,48}")
 _OCPP_TEXT_MAX = {"vendor": 20, "model": 20, "serial": 25, "firmware": 50, "anonymous_id_tag": 20}
 
@@ -829,6 +854,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "mqtt": _MqttModel,
     "ocpp": _OcppModel,
     "tariff": _TariffModel,
+    "terminal": _TerminalModel,
 }
 _REQUIRED_SECTIONS = ("site", "grid")
 
@@ -1210,6 +1236,11 @@ class _Loader:
             if root.get("tariff") is not None
             else None
         )
+        terminal_m = (
+            self.validate(_TerminalModel, ("terminal",), root["terminal"])
+            if root.get("terminal") is not None
+            else None
+        )
         ocpp_m = (
             self.validate(_OcppModel, ("ocpp",), root["ocpp"])
             if root.get("ocpp") is not None
@@ -1283,6 +1314,17 @@ class _Loader:
         )
         mqtt = self.mqtt(mqtt_m, site.id) if mqtt_m is not None else None
         ocpp = self.ocpp(ocpp_m, site.id) if ocpp_m is not None else None
+        sessions = (
+            SessionSettings(
+                free_vend=sessions_m.free_vend,
+                connection_timeout_s=sessions_m.connection_timeout_s,
+            )
+            if sessions_m is not None
+            else SessionSettings()
+        )
+        terminal = (
+            self.terminal(terminal_m, site, tariff, sessions) if terminal_m is not None else None
+        )
         if self.problems:
             return None
         return LoadedConfig(
@@ -1291,16 +1333,10 @@ class _Loader:
             warnings=(),
             source=self.source,
             mqtt=mqtt,
-            ocpp=ocpp,
             tariff=tariff,
-            sessions=(
-                SessionSettings(
-                    free_vend=sessions_m.free_vend,
-                    connection_timeout_s=sessions_m.connection_timeout_s,
-                )
-                if sessions_m is not None
-                else SessionSettings()
-            ),
+            sessions=sessions,
+            terminal=terminal,
+            ocpp=ocpp,
         )
 
     def ocpp(self, m: _OcppModel, site_id: str) -> OcppSettings | None:
@@ -1408,6 +1444,57 @@ class _Loader:
             reconnect_max_s=m.reconnect_max_s,
             outbox_max_messages=m.outbox_max_messages,
             anonymous_id_tag=m.anonymous_id_tag,
+        )
+
+    def terminal(
+        self, m: _TerminalModel, site: Site, tariff: Tariff | None, sessions: SessionSettings
+    ) -> TerminalSettings | None:
+        base: KeyPath = ("terminal",)
+        if (m.port is None) == (m.host is None):
+            self.error(base, "give either port (a serial terminal) or host (ZVT over TCP)")
+            return None
+        if tariff is None:
+            self.error(base, "card payments need a tariff: add a tariff: section")
+        if sessions.free_vend:
+            self.error(
+                base,
+                "card payments need sessions.free_vend: false (with free vend, plugging in "
+                "already starts a session nobody pays for)",
+            )
+        known = [c.id for c in site.connectors]
+        served: tuple[str, ...] | None = None
+        if m.connectors is not None:
+            for i, cid in enumerate(m.connectors):
+                if cid not in known:
+                    self.error((*base, "connectors", i), f"no connector {cid!r} (evses: {known})")
+            if not m.connectors:
+                self.error((*base, "connectors"), "an empty list: name at least one connector")
+            served = tuple(m.connectors)
+        if m.host is not None and not _is_loopback(m.host):
+            self.warn(
+                (*base, "host"),
+                "ZVT over TCP is not encrypted: keep the terminal on the gateway's own network",
+            )
+        if m.password == 0:
+            self.warn((*base, "password"), "000000: set the terminal's own ECR password")
+        link: SerialLink | TcpLink = (
+            SerialLink(port=m.port, baudrate=m.baudrate, parity=m.parity, stopbits=m.stopbits)
+            if m.port is not None
+            else TcpLink(host=m.host or "", port=m.tcp_port)
+        )
+        assert m.profile in TERMINAL_PROFILES
+        return TerminalSettings(
+            id=m.id,
+            link=link,
+            profile=m.profile,
+            password=m.password,
+            connectors=served,
+            t1_s=m.t1_s,
+            t3_s=m.t3_s,
+            t4_s=m.t4_s,
+            stop_headroom_s=m.stop_headroom_s,
+            retry_s=m.retry_s,
+            usage_save_s=m.usage_save_s,
         )
 
     def mqtt(self, m: _MqttModel, site_id: str) -> MqttSettings | None:
