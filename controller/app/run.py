@@ -20,6 +20,7 @@ from controller.app.control_socket import SOCKET_NAME, ControlSocket, limit_comm
 from controller.app.device_commands import TickGate, device_commands
 from controller.app.logs import configure_logging
 from controller.app.ocpp import OcppLink, SiteAdapter
+from controller.app.payments import PaymentDesk, SessionPricing, payment_commands
 from controller.app.sdnotify import SystemdNotifier
 from controller.app.service import ControlLoop, fault_commands, install_signal_handlers
 from controller.app.sessions import SessionDesk, session_commands
@@ -28,9 +29,11 @@ from controller.app.tariffs import TariffBook
 from controller.config import LoadedConfig, load_config
 from controller.core.slots import LimitSlot
 from controller.store.db import Database
+from controller.store.journal import PaymentJournal
 from controller.store.outbox import Outbox
 from controller.store.sessions import SessionStore
 from drivers.registry import BUS_POOL, build_evse, build_meter
+from drivers.terminal.settings import build as build_terminal
 
 log = structlog.get_logger("evsite")
 
@@ -61,6 +64,20 @@ async def serve(config: LoadedConfig) -> int:
     desk.gates.append(outbox_gate(outbox))
     # The tariff in force (the site file's, or the cloud's): payments and MQTT meta read it.
     tariffs = TariffBook(db, config.tariff)
+    # Every session priced as it runs; card payments at the terminal (before the first tick:
+    # a paid session that ended while we were away is captured from its first reading).
+    journal = PaymentJournal(db, tz=tz)
+    pricing = SessionPricing(
+        site=site, desk=desk, journal=journal, tariff=tariffs.current, clock=time.monotonic,
+        save_period_s=config.terminal.usage_save_s if config.terminal is not None else 10.0,
+    )  # fmt: skip
+    payments = None
+    if config.terminal is not None:
+        payments = PaymentDesk(
+            settings=config.terminal, terminal=build_terminal(config.terminal), journal=journal,
+            desk=desk, pricing=pricing, site=site, clock=time.monotonic,
+            wall_clock=lambda: datetime.now(tz),
+        )  # fmt: skip
     meters = {m.id: build_meter(m) for m in site.meters}
     evses = {c.id: build_evse(c.evse) for c in site.connectors}
     watchdog_s = notifier.watchdog_interval_s()
@@ -77,6 +94,10 @@ async def serve(config: LoadedConfig) -> int:
             last_ping[0] = now
         # Each connector's session and availability, for `evsite status` and the cloud links.
         loop.status["sessions"] = desk.status_document()
+        pricing.on_tick(loop.evse_readings, loop.allocation, datetime.now(tz))
+        if payments is not None:
+            payments.on_tick()
+            loop.status["payments"] = payments.status_document()
         if cloud is not None:
             cloud.on_tick(loop.status)
         if ocpp is not None:
@@ -146,6 +167,7 @@ async def serve(config: LoadedConfig) -> int:
         commands={
             **limit_commands(book),
             **session_commands(desk),
+            **payment_commands(payments, tariffs.current),
             **fault_commands(loop),
             **(cloud.socket_commands() if cloud is not None else {}),
             **device_commands(site=site, meters=meters, evses=evses, pool=BUS_POOL, gate=gate),
@@ -166,6 +188,8 @@ async def serve(config: LoadedConfig) -> int:
     try:
         await loop.start()
         await sock.start()
+        if payments is not None:
+            await payments.start()
         if cloud is not None:
             await cloud.start()
         if ocpp is not None:
@@ -185,6 +209,8 @@ async def serve(config: LoadedConfig) -> int:
             await cloud.close()
         if ocpp is not None:
             await ocpp.close()
+        if payments is not None:
+            await payments.close()
         await sock.close()
         await loop.close()
         db.close()

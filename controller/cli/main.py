@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from controller import __version__
-from controller.cli import devices, limits, sessions
+from controller.cli import devices, limits, payments, sessions
 from controller.cli.client import ServiceUnreachable, request
 from controller.core.errors import ConfigError
 
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     limits.add_parser(sub, _add_target, _cmd_limit)
     sessions.add_parser(sub, _add_target, _cmd_tool)
+    payments.add_parser(sub, _add_target, _cmd_tool)
 
     p = sub.add_parser("faults", help="show active (and with --all, cleared) faults")
     p.add_argument("--json", action="store_true", help="print active and cleared faults as JSON")

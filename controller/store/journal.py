@@ -26,6 +26,7 @@ from fractions import Fraction
 from typing import Any
 
 from controller.core.payment import Payment, PaymentState
+from controller.core.report import SessionLine
 from controller.core.tariff import CostBreakdown, EnergyBand, Tariff, TouPrice, Usage
 from controller.store.db import Database, StoreError
 
@@ -345,3 +346,56 @@ def usage_from_data(d: dict[str, Any], *, tz: tzinfo) -> Usage:
         last_power_w=Fraction(d["last_power_w"]),
         register_resets=int(d["register_resets"]),
     )
+
+
+# --- the report's reading --------------------------------------------------------------------
+
+
+def report_lines(conn: sqlite3.Connection, start: datetime, end: datetime) -> list[SessionLine]:
+    """Sessions with a transaction that started in [start, end), each with its priced cost
+    and its card payment (if any), read from the state file (a read-only connection will do)."""
+    rows = conn.execute(
+        "SELECT s.id, s.connector, s.started_at, s.ended_at, s.meter_start_wh, s.meter_last_wh, "
+        "s.meter_stop_wh, s.method, s.stop_reason, c.currency, c.total_cents, c.energy_cents, "
+        "c.time_cents, c.idle_fee_cents, c.session_fee_cents, c.vat_cents, p.state, "
+        "p.preauth_cents, p.captured_cents, p.masked_pan, p.card_name, p.receipt_number, "
+        "p.trace_number "
+        "FROM sessions s "
+        "LEFT JOIN session_costs c ON c.session_id = s.id "
+        "LEFT JOIN payments p ON p.id = s.payment_id "
+        "WHERE s.started_at IS NOT NULL"
+    ).fetchall()
+    lines = []
+    for r in rows:
+        started = datetime.fromisoformat(r[2])
+        if not start <= started < end:  # offsets differ between rows (DST): compare parsed
+            continue
+        meter_start, meter_last, meter_stop = r[4], r[5], r[6]
+        last = meter_stop if meter_stop is not None else meter_last
+        energy = 0.0 if meter_start is None or last is None else max(0.0, last - meter_start)
+        lines.append(
+            SessionLine(
+                id=r[0],
+                connector=r[1],
+                started_at=started,
+                ended_at=None if r[3] is None else datetime.fromisoformat(r[3]),
+                energy_wh=energy,
+                method=r[7],
+                stop_reason=r[8],
+                currency=r[9],
+                cost_cents=r[10],
+                energy_cents=r[11],
+                time_cents=r[12],
+                idle_fee_cents=r[13],
+                session_fee_cents=r[14],
+                vat_cents=r[15],
+                payment_state=r[16],
+                preauth_cents=r[17],
+                captured_cents=r[18],
+                masked_pan=r[19],
+                card_name=r[20],
+                receipt_number=r[21],
+                trace_number=r[22],
+            )
+        )
+    return lines

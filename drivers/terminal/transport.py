@@ -465,8 +465,19 @@ class ZvtTerminal:
         return await self.run(command, on_print=on_print)
 
     async def open_pre_auths(self) -> tuple[int, ...]:
-        """Receipt numbers of the pre-authorisations still open on the terminal."""
-        return (await self.run(OpenPreAuthEnquiry())).open_receipts
+        """Receipt numbers of the pre-authorisations still open on the terminal.
+
+        Only the terminal's list (06 1E B8 ...) is an answer. An exchange that ends in a plain
+        06 0F (e.g. the completion of a command the terminal was still finishing for an ECR
+        that restarted) says nothing about what is open: it raises TerminalUnavailable, never
+        "none open".
+        """
+        result = await self.run(OpenPreAuthEnquiry())
+        if result.abort is None:
+            raise TerminalUnavailable(
+                f"{self.describe()}: open pre-auth enquiry answered without the list"
+            )
+        return result.open_receipts
 
     async def end_of_day(self, *, on_print: PrintCallback | None = None) -> CommandResult:
         return await self.run(EndOfDay(password=self.profile.password), on_print=on_print)
