@@ -3,6 +3,8 @@ and every rule as ``FILE:LINE: key: message``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from controller.config import check_config_text, load_config_text
@@ -68,3 +70,24 @@ def test_warnings_default_password_and_a_remote_host() -> None:
     assert report.config is not None
     assert any("password" in w and "000000" in w for w in report.warnings)
     assert any("not encrypted" in w for w in report.warnings)
+
+
+def test_config_check_shows_the_terminal(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from controller.cli.config_check import run_config_check
+
+    path = tmp_path / "site.yaml"
+    path.write_text(BASE + "terminal: {host: 127.0.0.1, password: 1, connectors: [cp1]}\n")
+    out = io.StringIO()
+    assert run_config_check(path, as_json=False, out=out) == 0
+    assert (
+        "payment terminal terminal: ZVT tcp://127.0.0.1:20007, profile generic, connectors cp1"
+        in (out.getvalue())
+    )
+    out = io.StringIO()
+    assert run_config_check(path, as_json=True, out=out) == 0
+    doc = json.loads(out.getvalue())
+    terminal = doc["site"]["terminal"]
+    assert terminal is not None and terminal["link"] == "tcp://127.0.0.1:20007"

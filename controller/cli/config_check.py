@@ -12,7 +12,7 @@ import dataclasses
 import json
 from datetime import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.text import Text
@@ -178,6 +178,24 @@ def site_summary(config: LoadedConfig) -> dict[str, object]:
         "service": service,
         # The prices as a driver sees them before a session (exact decimal text).
         "tariff": price_display(config.tariff) if config.tariff is not None else None,
+        "terminal": _terminal_document(config),
+    }
+
+
+def _terminal_document(config: LoadedConfig) -> dict[str, Any] | None:
+    t = config.terminal
+    if t is None:
+        return None
+    return {
+        "id": t.id,
+        "link": t.describe(),
+        "profile": t.profile,
+        "connectors": list(t.connectors or (c.id for c in config.site.connectors)),
+        "t1_s": t.t1_s,
+        "t3_s": t.t3_s,
+        "t4_s": t.t4_s,
+        "stop_headroom_s": t.stop_headroom_s,
+        "retry_s": t.retry_s,
     }
 
 
@@ -323,6 +341,17 @@ def _print_summary(config: LoadedConfig, out: TextIO) -> None:
         t = config.tariff
         console.print(
             Text(f"tariff {t.id} {t.name!r} ({site.timezone}): {price_text(t)}"), soft_wrap=True
+        )
+    if config.terminal is not None:
+        term = _terminal_document(config)
+        assert term is not None
+        console.print(
+            Text(
+                f"payment terminal {term['id']}: ZVT {term['link']}, profile {term['profile']}, "
+                f"connectors {', '.join(term['connectors'])}, T3 {_n(term['t3_s'])} s, "
+                f"T4 {_n(term['t4_s'])} s"
+            ),
+            soft_wrap=True,
         )
     s = config.service
     console.print(
