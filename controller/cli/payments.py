@@ -77,7 +77,8 @@ def add_parser(
 # --- tariff, pay, payments ----------------------------------------------------------------
 
 
-def tariff(socket: Path, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def tariff(socket: Path, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
     try:
         answer = request(socket, "tariff")
         price = answer.get("tariff")
@@ -99,7 +100,8 @@ def tariff(socket: Path, args: argparse.Namespace, out: TextIO = sys.stdout) -> 
     return EXIT_OK
 
 
-def pay(socket: Path, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def pay(socket: Path, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
     req: dict[str, Any] = {} if args.connector is None else {"connector": args.connector}
     answer = request(socket, "payment_start", **req)
     if not answer.get("ok"):
@@ -125,7 +127,8 @@ def pay(socket: Path, args: argparse.Namespace, out: TextIO = sys.stdout) -> int
     return EXIT_OK if payment["state"] in ("preauth_sent", "authorised", "charging") else 1
 
 
-def payments(socket: Path, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def payments(socket: Path, args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
     answer = request(socket, "payment_list", limit=args.limit)
     if not answer.get("ok"):
         print(f"evsite: {answer.get('error')}", file=sys.stderr)
@@ -182,7 +185,8 @@ def _bound(text: str, tz: ZoneInfo, *, end: bool) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=tz)
 
 
-def report(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def report(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
     if args.config is not None:
         from controller.config import load_config
 

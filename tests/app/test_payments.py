@@ -768,3 +768,76 @@ def test_usage_saved_and_a_tariff_change_does_not_reprice_a_running_session(
             assert cost is not None and cost.tariff.id == "std"
 
     run(main)
+
+
+def test_rfid_sessions_are_priced_too_and_the_report_agrees_to_the_cent(tmp_path: Path) -> None:
+    import contextlib
+    import io
+    import json
+
+    from controller.cli.main import main as evsite
+
+    def report(fmt: str) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = evsite(
+                [
+                    "report",
+                    "--db",
+                    str(tmp_path / "evsite.sqlite3"),
+                    "--tz",
+                    "Europe/Berlin",
+                    "--from",
+                    "2026-11-29",
+                    "--to",
+                    "2026-11-29",
+                    "--format",
+                    fmt,
+                ]
+            )
+        assert code == 0
+        return out.getvalue()
+
+    async def main() -> None:
+        async with rig("tcp", tmp_path) as r:
+            await r.ready()
+            pid = await charge(r, "cp1", seconds=60)
+            r.desk.stop("cp1", reason=StopReason.LOCAL, by="test")
+            await r.until(lambda: r.row(pid)["state"] == "captured")
+            # an RFID card accepted by the backend: the same session record, its own method
+            r.cars["cp2"] = True
+            r.tick()
+            rfid = r.desk.start("cp2", method=AuthMethod.ID_TAG, by="ocpp", id_tag="TAG1")
+            for _ in range(40):
+                r.tick()
+            r.desk.stop("cp2", reason=StopReason.REMOTE, by="ocpp")
+            card = r.row(pid)
+            rfid_cost = r.journal.cost(rfid.id)
+            ledger_total = r.sim.ledger.captured_total_cents()
+
+        doc = json.loads(report("json"))
+        lines = {s["connector"]: s for s in doc["sessions"]}
+        assert lines["cp1"]["method"] == "card" and lines["cp2"]["method"] == "id_tag"
+        assert (
+            lines["cp1"]["captured_cents"] == card["captured_cents"] == lines["cp1"]["cost_cents"]
+        )
+        assert lines["cp1"]["captured_cents"] == ledger_total
+        assert lines["cp1"]["masked_pan"] == "559884******8074"
+        assert lines["cp1"]["receipt_number"] == card["receipt_number"]
+        assert rfid_cost is not None and rfid_cost.final
+        assert lines["cp2"]["cost_cents"] == rfid_cost.total_cents > 0
+        assert lines["cp2"]["captured_cents"] is None
+        assert lines["cp2"]["revenue_cents"] == rfid_cost.total_cents
+        parts = ("energy_cents", "time_cents", "idle_fee_cents", "session_fee_cents")
+        for s in lines.values():
+            assert sum(s[p] for p in parts) == s["cost_cents"]
+        totals = doc["totals"]
+        assert totals["sessions"] == 2
+        assert totals["revenue_cents"] == card["captured_cents"] + rfid_cost.total_cents
+        assert doc["connectors"][0]["connector"] == "cp1"
+        csv_rows = report("csv").strip().splitlines()
+        assert len(csv_rows) == 3 and csv_rows[0].startswith("id,connector,started_at")
+        table = report("table")
+        assert "cp2" in table and "peak hours" in table and "559884******8074" in table
+
+    run(main)
