@@ -202,6 +202,7 @@ async def serve(config: LoadedConfig) -> int:
         log.info("service_stopping")
         try:
             await loop.stop_to_fallback()
+            desk.save_open()  # the latest meter values, for sessions ended while we are down
             db.set_marker(CLEAN_SHUTDOWN, "1", datetime.now(UTC).isoformat())
         except Exception as exc:
             log.error("shutdown_fallback_failed", error=repr(exc))

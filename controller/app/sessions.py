@@ -146,6 +146,15 @@ class SessionDesk:
         self._flush()
         self._announce(gone)
 
+    def save_open(self) -> None:
+        """On a clean shutdown: write every open session with its latest meter value, so one
+        whose vehicle leaves while we are down ends (Reboot) with the exact value, not one up
+        to METER_SAVE_PERIOD_S old."""
+        for rec in self._open.values():
+            self._dirty[rec.id] = rec
+        self._flush()
+        self._announce([])
+
     # -- every tick --------------------------------------------------------------------------
 
     def observe(

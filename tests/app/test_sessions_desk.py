@@ -11,8 +11,10 @@ can no longer write (``PRAGMA query_only``: every write fails as on a read-only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,6 +23,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from controller.app.sessions import (
     METER_SAVE_PERIOD_S,
@@ -589,3 +593,101 @@ def test_a_start_refused_for_the_disk_is_accepted_once_the_disk_works(paid: Rig)
     rec = paid.desk.start("cp1", method=AuthMethod.REMOTE, by="ocpp")
     assert rec.phase is P.AUTHORISED and paid.row(rec.id) is not None
     assert paid.desk.conditions() == []
+
+
+def test_a_clean_shutdown_writes_the_latest_meter_value_for_a_reboot_stop(rig: Rig) -> None:
+    rig.cars["cp1"] = True
+    for _ in range(6):  # the meter value went to disk once, on the 2nd tick
+        rig.tick()
+    rec = rig.desk.record("cp1")
+    assert rec is not None and rec.meter_last_wh is not None
+    assert rig.row(rec.id)["meter_last_wh"] < rec.meter_last_wh  # type: ignore[index]
+    rig.desk.save_open()
+    assert rig.row(rec.id)["meter_last_wh"] == rec.meter_last_wh  # type: ignore[index]
+    rig.crash()
+    rig.cars["cp1"] = False
+    rig.boot(clean_shutdown=True)
+    rig.tick()
+    ended = rig.row(rec.id)
+    assert ended is not None
+    assert (ended["stop_reason"], ended["meter_stop_wh"]) == ("Reboot", rec.meter_last_wh)
+
+
+# -- properties ------------------------------------------------------------------------------------
+
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("tick"), st.sampled_from([1.0, 1.0, 4.0, 30.0])),
+        st.tuples(st.just("tick"), st.just(1.0)),
+        st.tuples(st.just("plug"), st.sampled_from(["cp1", "cp2"]), st.booleans()),
+        st.tuples(st.just("start"), st.sampled_from(["cp1", "cp2"])),
+        st.tuples(st.just("stop"), st.sampled_from(["cp1", "cp2"])),
+        st.tuples(st.just("available"), st.sampled_from(["cp1", "cp2"]), st.booleans()),
+        st.tuples(st.just("disk"), st.booleans()),
+        st.tuples(st.just("restart"), st.booleans()),
+    ),
+    min_size=5,
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(free_vend=st.booleans(), steps=STEPS)
+def test_random_operation_keeps_the_records_honest(
+    free_vend: bool, steps: list[tuple[Any, ...]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp) / "evsite.sqlite3", free_vend=free_vend)
+        rig.desk.restore(clean_shutdown=True)
+        broken = False
+        try:
+            for step in steps:
+                kind = step[0]
+                if kind == "tick":
+                    rig.tick(step[1])
+                elif kind == "plug":
+                    rig.cars[step[1]] = step[2]
+                elif kind in ("start", "stop", "available"):
+                    with contextlib.suppress(SessionRefused):
+                        if kind == "start":
+                            rig.desk.start(step[1], method=AuthMethod.REMOTE, by="ocpp")
+                        elif kind == "stop":
+                            rig.desk.stop(step[1], reason=StopReason.REMOTE, by="ocpp")
+                        else:
+                            rig.desk.set_availability(step[1], step[2], by="cli")
+                elif kind == "disk":
+                    broken = not step[1]
+                    (rig.break_disk if broken else rig.mend_disk)()
+                else:
+                    if step[1] and not broken:
+                        rig.desk.save_open()
+                    rig.crash()
+                    rig.now_s = 1.0  # a new boot, a new monotonic clock
+                    rig.boot(clean_shutdown=step[1])
+                    broken = False
+
+                rows = rig.rows()
+                open_rows = [r for r in rows if r["phase"] != "closed"]
+                connectors = [r["connector"] for r in open_rows]
+                assert len(connectors) == len(set(connectors)), open_rows
+                for r in rows:
+                    if r["started_at"] is not None and r["phase"] in ("finishing", "closed"):
+                        assert r["stop_reason"] is not None, r
+                        assert r["meter_stop_wh"] >= r["meter_start_wh"], r
+                for cid, present in rig.cars.items():
+                    if kind != "tick":
+                        break  # the engine's view is that of the last tick
+                    if present and cid in rig.engine and rig.engine[cid].charging_allowed:
+                        rec = rig.desk.record(cid)
+                        assert rec is not None and rec.phase is P.ACTIVE
+                        # Charging only under a session the state file knows of.
+                        assert rig.row(rec.id) is not None
+                for event, on_disk in rig.heard:
+                    assert on_disk is not None, event
+                    # What the listener found was this transition or a later one, never older.
+                    if event.kind in (K.STARTED, K.ENDED, K.CLOSED):
+                        assert on_disk["phase"] != "pending", (event.kind, on_disk)
+                    if event.kind is K.ENDED:
+                        assert on_disk["stop_reason"] == event.record.stop_reason
+        finally:
+            rig.db.close()
