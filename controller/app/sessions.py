@@ -106,6 +106,7 @@ class SessionDesk:
         self._store_error: str | None = None
         self._probed_s = -1e9
         self._untold: list[SessionEvent] = []  # events whose records are not on disk yet
+        self._availability_unsaved: dict[str, tuple[bool, str]] = {}
         self.listeners: list[Callable[[SessionEvent], None]] = []
         self.authorisers: list[Authoriser] = []
         self.gates: list[StartGate] = []
@@ -544,15 +545,20 @@ class SessionDesk:
             self._open[rec.connector] = rec
 
     def _flush(self) -> bool:
-        """Write the records changed since the last write; False if that failed."""
-        if not self._dirty:
+        """Write the records (and availabilities) changed since the last write; False if
+        that failed (they are kept, and written with the next successful flush)."""
+        if not self._dirty and not self._availability_unsaved:
             return self._store_error is None
         try:
-            self.store.save(list(self._dirty.values()))
+            if self._dirty:
+                self.store.save(list(self._dirty.values()))
+                self._dirty.clear()
+            for cid, (available, by) in list(self._availability_unsaved.items()):
+                self.store.set_availability(cid, available, by)
+                del self._availability_unsaved[cid]
         except StoreError as exc:
             self._store_failed(str(exc))
-            return False  # kept dirty: written with the next successful flush
-        self._dirty.clear()
+            return False
         self._store_ok()
         return True
 
@@ -607,6 +613,10 @@ class SessionDesk:
             self.store.set_availability(connector, available, by)
         except StoreError as exc:
             self._store_failed(str(exc))
+            # In force now; on disk with the next successful write, so a restart keeps it.
+            self._availability_unsaved[connector] = (available, by)
+        else:
+            self._availability_unsaved.pop(connector, None)
         if self._available[connector] != available:
             log.info("availability_changed", connector=connector, available=available, by=by)
         self._available[connector] = available

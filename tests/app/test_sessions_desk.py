@@ -526,6 +526,20 @@ def test_availability_off_applies_when_the_session_is_stopped(rig: Rig) -> None:
     assert not rig.desk.available("cp1")
 
 
+def test_availability_changed_while_the_disk_fails_is_written_once_it_works(rig: Rig) -> None:
+    # A broken cable: the technician takes cp1 out of service while the disk is failing.
+    rig.break_disk()
+    assert rig.desk.set_availability("cp1", False, by="cli") == "accepted"
+    assert not rig.desk.available("cp1") and rig.desk.conditions()
+    rig.tick()
+    rig.mend_disk()
+    rig.tick(METER_SAVE_PERIOD_S)
+    assert rig.desk.conditions() == []
+    rig.crash()
+    rig.boot(clean_shutdown=False)
+    assert not rig.desk.available("cp1")  # still out of service after the restart
+
+
 def test_the_same_card_again_stops_the_session_it_started(paid: Rig) -> None:
     asked: list[tuple[str, str]] = []
 
