@@ -224,7 +224,6 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
         self._closing = False
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
-        self._raw: dict[str, Any] = {}
         self._booted = False
         self._heartbeat_s = float(keys.number("HeartbeatInterval"))
         self._sent_status: dict[int, tuple[str, str, str, str]] = {}
@@ -445,7 +444,6 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
 
     async def _dispatch(self, request: frames.InboundCall) -> None:
         handlers = self.route_map[request.action]
-        self._raw = request.payload
         try:
             result = handlers["_on_action"](request.payload)
             if asyncio.iscoroutine(result):
@@ -1315,13 +1313,17 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
     def _load_reservations(self) -> dict[int, Reservation]:
         out = {}
         for item in self.store.load(self._reservations_doc) or []:
-            r = Reservation(
-                reservation_id=int(item["reservationId"]),
-                connector=int(item["connectorId"]),
-                id_tag=str(item["idTag"]),
-                parent_id_tag=item.get("parentIdTag"),
-                expiry=datetime.fromisoformat(item["expiryDate"]),
-            )
+            try:
+                r = Reservation(
+                    reservation_id=int(item["reservationId"]),
+                    connector=int(item["connectorId"]),
+                    id_tag=str(item["idTag"]),
+                    parent_id_tag=item.get("parentIdTag"),
+                    expiry=datetime.fromisoformat(item["expiryDate"]),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("ocpp_reservation_unreadable", identity=self.identity, error=str(exc))
+                continue
             out[r.reservation_id] = r
         return out
 
