@@ -454,8 +454,12 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
                 "1.6",
             )
         except OCPPError as exc:
+            # The request was valid (checked before): our answer is what failed, e.g. its own
+            # schema. That is an InternalError in 1.6's words, whatever the library called it.
             log.error("ocpp_handler_failed", action=request.action, code=exc.code, error=str(exc))
-            await self._send(frames.call_error(request.unique_id, exc.code, str(exc)))
+            await self._send(
+                frames.call_error(request.unique_id, "InternalError", "the answer failed")
+            )
             return
         except Exception as exc:
             log.exception("ocpp_handler_crashed", action=request.action)

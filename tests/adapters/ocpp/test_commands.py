@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from controller.core.sessions import SessionPhase, SessionRefused
-from tests.adapters.ocpp.csms import CALL, CentralSystem, IdTag
+from tests.adapters.ocpp.csms import CALL, CallError, CentralSystem, IdTag
 from tests.adapters.ocpp.rig import Site, settings, until
 
 ID = "CP_1"
@@ -274,5 +274,33 @@ def test_a_reservation_holds_a_free_vend_connector_for_its_parent_id_tag(
             await site.desk.present_id_tag("cp1", "FLEET-7", by="rfid")
             start = await csms.wait_for_async("StartTransaction")
             assert start.payload["idTag"] == "FLEET-7" and start.payload["reservationId"] == 3
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_that_fails_its_own_schema_or_a_crashing_handler_is_an_internal_error(
+    csms: CentralSystem, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID))) as site:
+            await csms.wait_for_async("BootNotification")
+            routes = site.station.route_map
+            routes["DataTransfer"]["_on_action"] = lambda payload: {"status": "Bogus"}
+
+            def crash(payload: object) -> dict[str, str]:
+                raise RuntimeError("a bug")
+
+            routes["ClearCache"]["_on_action"] = crash
+            for action, payload in (("DataTransfer", {"vendorId": "x"}), ("ClearCache", {})):
+                try:
+                    await csms.call_async(ID, action, payload)
+                except CallError as exc:
+                    assert exc.code == "InternalError", exc
+                else:
+                    raise AssertionError(f"{action} was answered")
+            # The same connection goes on answering.
+            conf = await csms.call_async(ID, "GetLocalListVersion", {})
+            assert conf == {"listVersion": 0}
+            assert len([e for e in csms.events(ID) if e.event == "connected"]) == 1
 
     asyncio.run(scenario())
