@@ -103,3 +103,26 @@ def test_url_with_credentials_or_a_bad_identity_is_refused() -> None:
     found = problems("ocpp: {url: 'ws://user:pw@csms/ocpp', identity: 'a/b'}\n")
     assert any("ocpp.url: the CSMS endpoint without the identity" in p for p in found), found
     assert any("ocpp.identity: an OCPP identity is 1 to 48" in p for p in found), found
+
+
+def test_config_check_shows_the_charge_points(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from controller.cli.config_check import run_config_check
+
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        SITE + "ocpp: {url: 'ws://127.0.0.1:9000/ocpp', keys: {HeartbeatInterval: 120}}\n"
+    )
+    out = io.StringIO()
+    assert run_config_check(path, as_json=False, out=out) == 0
+    assert (
+        "ocpp: ws://127.0.0.1:9000/ocpp, security profile 0, charge points depot-7 (1=cp1, 2=cp2)"
+        in out.getvalue()
+    )
+    out = io.StringIO()
+    assert run_config_check(path, as_json=True, out=out) == 0
+    ocpp = json.loads(out.getvalue())["site"]["ocpp"]
+    assert ocpp["charge_points"] == {"depot-7": {"1": "cp1", "2": "cp2"}}
+    assert ocpp["keys"] == {"HeartbeatInterval": "120"}

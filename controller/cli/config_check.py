@@ -179,6 +179,25 @@ def site_summary(config: LoadedConfig) -> dict[str, object]:
         # The prices as a driver sees them before a session (exact decimal text).
         "tariff": price_display(config.tariff) if config.tariff is not None else None,
         "terminal": _terminal_document(config),
+        "ocpp": _ocpp_document(config),
+    }
+
+
+def _ocpp_document(config: LoadedConfig) -> dict[str, Any] | None:
+    o = config.ocpp
+    if o is None:
+        return None
+    connectors = [c.id for c in config.site.connectors]
+    return {
+        "url": o.url,
+        "security_profile": o.security_profile,
+        "topology": o.topology,
+        # identity -> OCPP connector number -> the site's connector
+        "charge_points": {
+            identity: {str(n): cid for n, cid in numbers.items()}
+            for identity, numbers in o.identities(connectors).items()
+        },
+        "keys": dict(o.keys),
     }
 
 
@@ -350,6 +369,19 @@ def _print_summary(config: LoadedConfig, out: TextIO) -> None:
                 f"payment terminal {term['id']}: ZVT {term['link']}, profile {term['profile']}, "
                 f"connectors {', '.join(term['connectors'])}, T3 {_n(term['t3_s'])} s, "
                 f"T4 {_n(term['t4_s'])} s"
+            ),
+            soft_wrap=True,
+        )
+    ocpp = _ocpp_document(config)
+    if ocpp is not None:
+        points = ", ".join(
+            f"{identity} ({', '.join(f'{n}={cid}' for n, cid in numbers.items())})"
+            for identity, numbers in ocpp["charge_points"].items()
+        )
+        console.print(
+            Text(
+                f"ocpp: {ocpp['url']}, security profile {ocpp['security_profile']}, "
+                f"charge points {points}"
             ),
             soft_wrap=True,
         )
