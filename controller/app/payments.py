@@ -495,7 +495,9 @@ class PaymentDesk:
         self._on_wire.add(p.id)
         log.info("payment_started", payment=p.id, connector=connector, by=by,
                  preauth_cents=p.preauth_cents)  # fmt: skip
-        self._preauths[p.id] = self._spawn(self._pre_authorise(p, connector))
+        task = self._spawn(self._pre_authorise(p, connector))
+        self._preauths[p.id] = task
+        task.add_done_callback(lambda _: self._preauths.pop(p.id, None))
         return p
 
     async def present_card(self, connector: str | None, *, by: str) -> Payment:
@@ -503,7 +505,7 @@ class PaymentDesk:
         (authorised and charging, declined, failed; or preauth_sent while an unknown outcome
         is being reconciled)."""
         p = self.begin(connector, by=by)
-        await asyncio.wait({self._preauths.pop(p.id)})
+        await asyncio.wait({self._preauths[p.id]})
         current = self.payment(p.id)
         assert current is not None
         return current
@@ -528,9 +530,9 @@ class PaymentDesk:
         try:
             async with self._lock:
                 outcome = await self._run(step, p, [])
-            p = self._record(apply(p, step, outcome, at=self.wall_clock()))
         finally:
             self._on_wire.discard(p.id)
+        p = self._record(apply(p, step, outcome, at=self.wall_clock()))
         if p.state is PaymentState.AUTHORISED:
             self._authorised(p, connector)
         elif p.state is PaymentState.PREAUTH_SENT:
@@ -581,7 +583,15 @@ class PaymentDesk:
         running = self._settling.get(payment_id)
         if running is not None and not running.done():
             return
-        self._settling[payment_id] = self._spawn(self._settle(payment_id))
+        task = self._spawn(self._settle(payment_id))
+        self._settling[payment_id] = task
+        task.add_done_callback(
+            lambda t: (
+                self._settling.pop(payment_id, None)
+                if self._settling.get(payment_id) is t
+                else None
+            )
+        )
 
     async def _settle(self, payment_id: str) -> None:
         """Run the payment's due commands until it is final (retrying what did not get through)."""
@@ -608,9 +618,9 @@ class PaymentDesk:
             try:
                 async with self._lock:
                     outcome = await self._run(step, intent, [])
-                self._record(apply(intent, step, outcome, at=self.wall_clock()))
             finally:
                 self._on_wire.discard(p.id)
+            self._record(apply(intent, step, outcome, at=self.wall_clock()))
             if outcome.kind is OutcomeKind.NOT_DELIVERED:
                 await asyncio.sleep(self.settings.retry_s)
 
@@ -872,6 +882,9 @@ class PaymentDesk:
                     listener(event)
                 except Exception as exc:
                     log.error("payment_listener_failed", payment=p.id, error=repr(exc))
+        if p.final:
+            # Done with: the journal has it (``payment`` reads it from there).
+            self._payments.pop(p.id, None)
         return p
 
     def _gate(self, method: AuthMethod) -> str | None:
