@@ -535,6 +535,8 @@ class Station(ChargePoint):  # type: ignore[misc]  # the ocpp library has no typ
             if fault is not None
             else ("Available", "NoError", "", "")
         )
+        if fault is None and not any(self.site.available(c) for c in self.connectors.values()):
+            out[0] = ("Unavailable", "NoError", "", "")  # the whole charge point is out
         reserved = {r.connector for r in self.reservations.values()}
         for n, cid in self.connectors.items():
             out[n] = connector_status(

@@ -304,3 +304,27 @@ def test_an_answer_that_fails_its_own_schema_or_a_crashing_handler_is_an_interna
             assert len([e for e in csms.events(ID) if e.event == "connected"]) == 1
 
     asyncio.run(scenario())
+
+
+def test_the_whole_charge_point_inoperative_and_back(csms: CentralSystem, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Site(tmp_path / "state", settings(csms.url(ID))):
+            await csms.wait_for_async("BootNotification")
+            mark = csms.mark()
+            off = {"connectorId": 0, "type": "Inoperative"}
+            assert await csms.call_async(ID, "ChangeAvailability", off) == {"status": "Accepted"}
+            for n in (0, 1, 2):
+                await csms.wait_for_async(
+                    "StatusNotification",
+                    lambda p, n=n: p["connectorId"] == n and p["status"] == "Unavailable",
+                    since=mark,
+                )
+            on = {"connectorId": 0, "type": "Operative"}
+            assert await csms.call_async(ID, "ChangeAvailability", on) == {"status": "Accepted"}
+            await csms.wait_for_async(
+                "StatusNotification",
+                lambda p: p["connectorId"] == 0 and p["status"] == "Available",
+                since=mark,
+            )
+
+    asyncio.run(scenario())
