@@ -111,6 +111,7 @@ class Rig:
     cars: dict[str, bool] = field(default_factory=lambda: {"cp1": False, "cp2": False})
     energy_wh: dict[str, float] = field(default_factory=lambda: {"cp1": 5_000.0, "cp2": 0.0})
     engine: dict[str, Session] = field(default_factory=dict)
+    full: set[str] = field(default_factory=set)  # EVs that are full: plugged in, not drawing
     events: list[dict[str, Any]] = field(default_factory=list)
     ids: itertools.count[int] = field(default_factory=itertools.count)
     db: Database = field(init=False)
@@ -189,7 +190,12 @@ class Rig:
     def draws(self, cid: str) -> bool:
         """The EV draws when the engine let its connector draw at the last tick."""
         session = self.engine.get(cid)
-        return self.cars[cid] and session is not None and session.charging_allowed
+        return (
+            self.cars[cid]
+            and cid not in self.full
+            and session is not None
+            and session.charging_allowed
+        )
 
     def tick(self, dt_s: float = 1.0) -> None:
         """One control tick, as ControlLoop.tick and run.py's on_tick do it."""
@@ -839,5 +845,42 @@ def test_rfid_sessions_are_priced_too_and_the_report_agrees_to_the_cent(tmp_path
         assert len(csv_rows) == 3 and csv_rows[0].startswith("id,connector,started_at")
         table = report("table")
         assert "cp2" in table and "peak hours" in table and "559884******8074" in table
+
+    run(main)
+
+
+def test_case12_an_idle_car_is_stopped_before_the_idle_fee_passes_the_pre_auth(
+    tmp_path: Path,
+) -> None:
+    # 1.00 EUR per idle minute after 1 minute of grace; 3.00 EUR pre-authorised
+    idle = Tariff(
+        id="i",
+        currency="EUR",
+        vat_rate_pct=Decimal(19),
+        price_per_kwh=Decimal("0.39"),
+        idle_fee_per_minute=Decimal(1),
+        idle_grace_min=Decimal(1),
+        preauth_cents=300,
+    )
+
+    async def main() -> None:
+        async with rig("tcp", tmp_path, tariff=idle) as r:
+            await r.ready()
+            pid = await charge(r, "cp1", seconds=30)
+            r.full.add("cp1")  # the battery is full; the car stays plugged in
+            for _ in range(600):
+                r.tick()
+                rec = r.desk.record("cp1")
+                if rec is not None and rec.phase is SessionPhase.FINISHING:
+                    break
+            rec = r.desk.record("cp1")
+            assert rec is not None and rec.phase is SessionPhase.FINISHING
+            assert rec.stopped_by == "payment"
+            await r.until(lambda: r.row(pid)["state"] == "captured")
+            row = r.row(pid)
+            cost = r.journal.cost(row["session_id"])
+            assert cost is not None and cost.idle_fee_cents > 150  # the fee did the stopping
+            assert row["captured_cents"] == row["cost_cents"] == cost.total_cents <= 300
+            assert r.sim.ledger.captured_total_cents() == row["captured_cents"]
 
     run(main)

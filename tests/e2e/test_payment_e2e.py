@@ -272,6 +272,9 @@ def test_killed_after_the_pre_auth_was_sent_the_orphan_is_released(tmp_path: Pat
 
 def test_killed_while_charging_the_session_goes_on_and_is_captured(tmp_path: Path) -> None:
     with paid_site(tmp_path) as site:
+        # the price a driver sees before the session starts
+        shown = site.cli("tariff").stdout
+        assert "3.90 EUR/kWh" in shown and "pre-authorisation 50.00 EUR" in shown, shown
         site.until(site.waiting, "the car waiting for a payment")
         paid = site.pay()
         assert paid["state"] == "charging", paid
