@@ -182,12 +182,14 @@ class SiteAdapter:
             log.error("state_write_failed", error=str(exc))
 
 
-def phase_rotation(site: Site) -> str:
+def phase_rotation(site: Site, numbers: Mapping[int, str]) -> str:
     """ConnectorPhaseRotation: ``<n>.RST`` per connector (Unknown for a 1-phase one)."""
     names = {0: "R", 1: "S", 2: "T"}  # grid phases L1..L3 are 0..2
+    by_id = {c.id: c for c in site.connectors}
     parts = []
-    for n, c in enumerate(site.connectors, start=1):
-        rotation = "".join(names[p] for p in c.grid_phases) if len(c.grid_phases) == 3 else ""
+    for n, cid in sorted(numbers.items()):
+        phases = by_id[cid].grid_phases
+        rotation = "".join(names[p] for p in phases) if len(phases) == 3 else ""
         parts.append(f"{n}.{rotation or 'Unknown'}")
     return ",".join(parts)
 
@@ -220,26 +222,26 @@ class OcppLink:
         try:
             if settings.credentials_file is not None:
                 site_values["AuthorizationKey"] = load_authorization_key(settings.credentials_file)
-            keys = ConfigurationKeys(
-                state_dir / KEYS_FILENAME,
-                site_values=site_values,
-                fixed={
-                    "NumberOfConnectors": str(
-                        len(connectors) if settings.topology == "gateway" else 1
-                    ),
-                    "SecurityProfile": str(settings.security_profile),
-                    "ConnectionTimeOut": str(round(desk.settings.connection_timeout_s)),
-                    "ConnectorPhaseRotation": phase_rotation(site),
-                },
-            )
-        except (CredentialsError, KeysFileError) as exc:
+        except CredentialsError as exc:
             self.problem = str(exc)
             return
-        self.keys = keys
         store = OcppStore(db)
         self.auth = LocalAuth(store)
         for identity, numbers in identities.items():
+            # Each charge point has its own keys (per-EVSE ones their own file): what a CSMS
+            # sets on one does not change another.
+            name = KEYS_FILENAME if settings.topology == "gateway" else f"ocpp-keys.{identity}.json"
             try:
+                keys = ConfigurationKeys(
+                    state_dir / name,
+                    site_values=site_values,
+                    fixed={
+                        "NumberOfConnectors": str(len(numbers)),
+                        "SecurityProfile": str(settings.security_profile),
+                        "ConnectionTimeOut": str(round(desk.settings.connection_timeout_s)),
+                        "ConnectorPhaseRotation": phase_rotation(site, numbers),
+                    },
+                )
                 station = Station(
                     settings,
                     identity=identity,
@@ -253,7 +255,7 @@ class OcppLink:
                     version=version,
                     clock=time.monotonic,
                 )
-            except EvsiteError as exc:
+            except (EvsiteError, KeysFileError) as exc:
                 self.problem = str(exc)
                 self.stations = []
                 return

@@ -133,6 +133,17 @@ def test_security_profile_1_sends_basic_auth_and_per_evse_charge_points(
                 "S-cp2", "GetConfiguration", {"key": ["NumberOfConnectors"]}
             )
             assert conf["configurationKey"][0]["value"] == "1"
+            # Each per-EVSE charge point has its own keys.
+            change = {"key": "HeartbeatInterval", "value": "77"}
+            assert await csms.call_async("S-cp2", "ChangeConfiguration", change) == {
+                "status": "Accepted"
+            }
+            one = await csms.call_async("S-cp1", "GetConfiguration", {"key": ["HeartbeatInterval"]})
+            assert one["configurationKey"][0]["value"] != "77"
+            rotation = await csms.call_async(
+                "S-cp2", "GetConfiguration", {"key": ["ConnectorPhaseRotation"]}
+            )
+            assert rotation["configurationKey"][0]["value"] == "1.RST"
             # A ChargePointMaxProfile of one per-EVSE charge point caps that EVSE only.
             profile = {
                 "connectorId": 0,
