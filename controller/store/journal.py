@@ -2,7 +2,7 @@
 
 ``PaymentJournal.save`` writes one payment row in its own transaction; the database runs
 with synchronous=FULL, so when it returns the row is on disk (fsync'd). The payment shell
-calls it BEFORE every terminal command (the intent) and after each result
+calls it BEFORE every terminal command that can move money (the intent) and after each result
 (reference/payment.md §7). A write that fails raises ``StoreError``: the shell then sends
 nothing, and starts no new payment until a write succeeds again.
 
