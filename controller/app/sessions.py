@@ -441,7 +441,11 @@ class SessionDesk:
         return {
             cid: {
                 "available": self._available[cid],
-                **({"availability_scheduled": False} if cid in self._availability_pending else {}),
+                **(
+                    {"availability_scheduled": self._availability_pending[cid][0]}
+                    if cid in self._availability_pending
+                    else {}
+                ),
                 "session": session_document(self._open[cid]) if cid in self._open else None,
             }
             for cid in self.connectors

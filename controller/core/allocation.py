@@ -398,9 +398,11 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
         fixed: float | None = None  # a conservative reservation instead of a share
         if cmode in ("fallback", "startup"):
             bound = Bound.FALLBACK if cmode == "fallback" else Bound.STARTUP
-            limits[conn.id] = ConnectorLimit(
-                connector=conn.id, current_a=conn.fallback_current_a, bound=bound
-            )
+            # A session that may not draw (stopped, not authorised, unavailable) gets 0 A even
+            # here: less than the fallback current, and nobody charges unpaid. Its reservation
+            # stays the fallback current's (I5 holds either way).
+            fallback_a = conn.fallback_current_a if _session_allows(snap, conn.id) else 0.0
+            limits[conn.id] = ConnectorLimit(connector=conn.id, current_a=fallback_a, bound=bound)
             fixed = max(conn.fallback_current_a, *draw)
         elif reading is None:
             limits[conn.id] = ConnectorLimit(
@@ -411,7 +413,7 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
             # Keep asking for what we asked before (never more); count the worst case. The
             # retry obeys the connector's own bounds in force now (I2): a connector slot or
             # cap that came in since must not be overridden by resending an older limit.
-            retry = mem.limit_a if vehicle else 0.0
+            retry = mem.limit_a if vehicle and _session_allows(snap, conn.id) else 0.0
             retry = min(retry, _own_cap_a(site, conn, mem, snap))
             if retry < conn.min_current_a:
                 retry = 0.0

@@ -344,6 +344,8 @@ def engine_session(
         return Session(priority_tier=rec.priority_tier, plugged_at_s=rec.plugged_at_s)
     if rec.phase is SessionPhase.FINISHING:
         return Session(charging_allowed=False, hold="stopped")
+    if not available:
+        return Session(charging_allowed=False, hold="unavailable")
     return Session(charging_allowed=False, hold="not_authorised")
 
 

@@ -94,6 +94,14 @@ def prev_limits(case: Case, snap_: Snapshot | None = None) -> dict[str, float]:
 # -- the checks, shared with the multi-tick machine -----------------------------------------
 
 
+def ladder_current_a(view: View, k: Connector) -> float:
+    """In fallback or start-up: the fallback current, or 0 A for a session that may not draw."""
+    session = view.snap.sessions.get(k.id)
+    if session is not None and not session.charging_allowed:
+        return 0.0
+    return k.fallback_current_a
+
+
 def check_ladder(site: Site, view: View, alloc: Allocation) -> None:
     """In fallback or start-up every connector below is at its fallback current; a meter in
     fallback raises a fault."""
@@ -101,7 +109,7 @@ def check_ladder(site: Site, view: View, alloc: Allocation) -> None:
         mode = view.connector_mode(k)
         if mode in ("fallback", "startup"):
             lim = alloc.limits[k.id]
-            assert lim.current_a == k.fallback_current_a, (k.id, mode, lim)
+            assert lim.current_a == ladder_current_a(view, k), (k.id, mode, lim)
             assert lim.bound in (Bound.FALLBACK, Bound.STARTUP), (k.id, mode, lim)
     texts = fault_text(alloc)
     for node in site.circuits:
@@ -159,7 +167,11 @@ def check_i2(site: Site, view: View, alloc: Allocation, prev: dict[str, float]) 
         lim = alloc.limits[k.id]
         i = lim.current_a
         assert math.isfinite(i) and i >= 0.0, lim
-        if view.connector_mode(k) in ("fallback", "startup") or view.fresh[k.id] is None:
+        if view.connector_mode(k) in ("fallback", "startup"):
+            assert i == ladder_current_a(view, k), (k.id, lim)
+            assert lim.bound in FALLBACK_BOUNDS, (k.id, lim)
+            continue
+        if view.fresh[k.id] is None:
             assert i == k.fallback_current_a, (k.id, lim)
             assert lim.bound in FALLBACK_BOUNDS, (k.id, lim)
             continue
