@@ -113,9 +113,12 @@ class PaymentJournal:
             p.updated_at.isoformat(),
         )
         try:
+            # An upsert on the id only: a second live payment on the same receipt must fail
+            # (the unique index), never replace the first one's row as OR REPLACE would.
             self._conn.execute(
-                f"INSERT OR REPLACE INTO payments({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+                f"INSERT INTO payments({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:]),
                 row,
             )
         except sqlite3.Error as exc:
