@@ -367,6 +367,8 @@ class PaymentDesk:
         # up): enquire again once its T4 has run out, until an enquiry after that answers.
         self._doubt_since: float | None = None
         self._doubt_task: asyncio.Task[Any] | None = None
+        self._status_task: asyncio.Task[Any] | None = None
+        self._status_asked_s = -1e18
         self._closed = False
         desk.gates.append(self._gate)
         pricing.over_listeners.append(self._on_session_over)
@@ -400,6 +402,7 @@ class PaymentDesk:
                 log.info("payment_journal_recovered")
                 self._journal_error = None
         self._resolve_doubt()
+        self._recheck_status()
         for p in list(self._payments.values()):
             if p.state is not PaymentState.CHARGING or p.session_id is None:
                 continue
@@ -431,6 +434,35 @@ class PaymentDesk:
                     self.desk.stop(p.connector, reason=StopReason.OTHER, by="payment")
                 except SessionRefused as exc:
                     log.warning("payment_stop_refused", payment=p.id, error=str(exc))
+
+    def _recheck_status(self) -> None:
+        """A terminal that needed service is asked again now and then: serviced, it takes
+        payments again without a restart."""
+        if not self.ready.is_set() or self.terminal_status in (
+            None,
+            STATUS_READY,
+            STATUS_END_OF_DAY_NEEDED,
+        ):
+            return
+        if self._status_task is not None and not self._status_task.done():
+            return
+        if self.clock() - self._status_asked_s < self.settings.retry_s:
+            return
+        self._status_asked_s = self.clock()
+
+        async def ask() -> None:
+            try:
+                async with self._lock:
+                    status = await self.terminal.status()
+            except (TerminalUnavailable, TerminalBusy, TerminalRefused, TerminalMisuse) as exc:
+                log.warning("terminal_unavailable", terminal=self.settings.id, error=str(exc))
+                return
+            if status.terminal_status != self.terminal_status:
+                log.info("terminal_status", terminal=self.settings.id,
+                         status=f"{status.terminal_status or 0:02X}")  # fmt: skip
+            self.terminal_status = status.terminal_status
+
+        self._status_task = self._spawn(ask())
 
     def _resolve_doubt(self) -> None:
         if self._doubt_since is None or not self.ready.is_set():

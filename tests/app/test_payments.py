@@ -690,6 +690,15 @@ def test_case13_a_terminal_that_needs_service_takes_no_payment(status: int, tmp_
             with pytest.raises(PaymentRefused, match="needs service"):
                 r.payments.begin("cp1", by="test")
             assert "06 22" not in r.sim.counters.commands
+            # serviced: the terminal reports ready again and payments resume, no restart
+            r.sim.script.terminal_status = 0x00
+            for _ in range(50):
+                r.tick()
+                await asyncio.sleep(0.02)
+                if r.payments.terminal_status == 0:
+                    break
+            p = await r.payments.present_card("cp1", by="test")
+            assert p.state is PaymentState.CHARGING
 
     run(main)
 
