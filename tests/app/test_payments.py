@@ -15,6 +15,7 @@ tests/drivers/terminal/test_transport_failures.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -891,5 +892,65 @@ def test_case12_an_idle_car_is_stopped_before_the_idle_fee_passes_the_pre_auth(
             assert cost is not None and cost.idle_fee_cents > 150  # the fee did the stopping
             assert row["captured_cents"] == row["cost_cents"] == cost.total_cents <= 300
             assert r.sim.ledger.captured_total_cents() == row["captured_cents"]
+
+    run(main)
+
+
+class Killed(BaseException):
+    """The process dies right here (a BaseException: nothing on the way catches it)."""
+
+
+@pytest.mark.parametrize(
+    "state",
+    ["preauth_sent", "authorised", "charging", "session_ended", "capture_sent", "captured"],
+)
+def test_killed_right_after_each_journal_write_every_pre_auth_ends_once(
+    state: str, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        async with rig("tcp", tmp_path) as r:
+            await r.ready()
+            save = r.journal.save
+            armed = [True]
+
+            def dying_save(p: Any) -> None:
+                save(p)
+                if armed[0] and p.state.value == state:
+                    armed[0] = False
+                    raise Killed
+
+            r.journal.save = dying_save  # type: ignore[method-assign]
+            r.cars["cp1"] = True
+            r.tick()
+            with contextlib.suppress(Killed):
+                r.payments.begin("cp1", by="test")
+            await asyncio.sleep(0.3)  # the pre-auth (if it went out) and the session start
+            for _ in range(20):
+                r.tick()
+            with contextlib.suppress(Killed, SessionRefused):
+                r.desk.stop("cp1", reason=StopReason.LOCAL, by="test")
+            await asyncio.sleep(0.3)  # the capture, if it got that far
+            assert not armed[0], "the kill point was never reached"
+            await r.restart()
+            for _ in range(5):
+                r.tick()
+            rec = r.desk.record("cp1")
+            if rec is not None and rec.phase is SessionPhase.ACTIVE:
+                r.desk.stop("cp1", reason=StopReason.LOCAL, by="test")
+            await r.until(lambda: not r.payments.live(), timeout_s=15)
+
+            ledger = r.sim.ledger
+            assert ledger.open_receipts() == [], "an orphaned pre-authorisation"
+            for receipt in ledger.pre_auths:
+                assert len(ledger.captures(receipt)) <= 1
+            for row in r.rows():
+                if row["state"] == "captured":
+                    cost = r.journal.cost(row["session_id"])
+                    assert cost is not None
+                    booked = ledger.pre_auths[row["receipt_number"]].captured_cents
+                    assert booked == row["captured_cents"] == cost.total_cents > 0
+            captured = [row for row in r.rows() if row["state"] == "captured"]
+            charged = state in ("charging", "session_ended", "capture_sent", "captured")
+            assert len(captured) == (1 if charged else 0), r.rows()
 
     run(main)
