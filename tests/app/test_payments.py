@@ -954,3 +954,19 @@ def test_killed_right_after_each_journal_write_every_pre_auth_ends_once(
             assert len(captured) == (1 if charged else 0), r.rows()
 
     run(main)
+
+
+def test_paid_before_plugging_in_and_no_car_came_the_pre_auth_is_released(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rig("tcp", tmp_path) as r:
+            await r.ready()
+            p = await r.payments.present_card("cp2", by="test")  # paid first, car not there
+            assert p.state is PaymentState.CHARGING
+            rec = r.desk.record("cp2")
+            assert rec is not None and rec.phase is SessionPhase.AUTHORISED
+            r.tick(61.0)  # past connection_timeout_s: the authorisation lapses
+            await r.until(lambda: r.row(p.id)["state"] == "released")
+            assert r.sim.ledger.pre_auths[r.row(p.id)["receipt_number"]].state == "released"
+            assert r.sim.ledger.captured_total_cents() == 0
+
+    run(main)
