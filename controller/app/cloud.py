@@ -32,6 +32,7 @@ reported in the status and the log, and the site goes on being managed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -566,6 +567,25 @@ class CloudLink:
             raise ValueError(f"a payment event must not carry card data: {', '.join(card)}")
         data = _json_value(event)
         return self.emit("payment", data)
+
+    def on_payment_step(self, step: Mapping[str, Any]) -> None:
+        """A PaymentDesk listener (controller.app.payments): ``{"event": "payment_<state>",
+        "payment": {...}, "cost": {...}?}`` becomes one ``payment`` event."""
+        payment = dict(step.get("payment") or {})
+        amount = payment.get("captured_cents")
+        if amount is None:
+            amount = payment.get("final_cents") or payment.get("preauth_cents")
+        event: dict[str, Any] = {
+            **payment,
+            "payment_id": payment.get("id"),
+            "status": payment.get("state"),
+            "amount_cents": amount,
+        }
+        if "cost" in step:
+            event["cost"] = step["cost"]
+            event.setdefault("currency", step["cost"].get("currency"))
+        with contextlib.suppress(ValueError):  # refused and logged (card data): not published
+            self.on_payment(event)
 
     def emit(self, kind: str, data: Any) -> str | None:
         """Queue an event; never raises (the outbox alarm tells when events cannot be queued).

@@ -135,6 +135,8 @@ async def serve(config: LoadedConfig) -> int:
             tariffs=tariffs,
         )
         loop.fault_listeners.append(cloud.on_fault)
+        if payments is not None:
+            payments.listeners.append(cloud.on_payment_step)  # receipts and captures published
     ocpp = None
     if config.ocpp is not None:
         ocpp = OcppLink(

@@ -389,3 +389,37 @@ def test_payment_events_go_out_exact_and_never_with_card_data(
     }  # fmt: skip
     assert "4111" not in json.dumps(cloud.on(""), default=str)
     s.db.close()
+
+
+def test_a_payment_desk_step_is_published_as_one_payment_event_with_its_receipt(
+    tmp_path: Path, broker: Broker, cloud_factory: Callable[..., CloudClient]
+) -> None:
+    """What run.py wires: PaymentDesk.listeners -> CloudLink.on_payment_step."""
+    s = Site(tmp_path, broker.port)
+    cloud = cloud_factory(broker.port, f"{PREFIX}/events/#")
+    step = {
+        "event": "payment_captured",
+        "payment": {
+            "id": "pay-7", "terminal": "t1", "state": "captured", "connector": "cp1",
+            "session_id": "s-7", "preauth_cents": 5000, "cost_cents": 487,
+            "final_cents": 487, "captured_cents": 487, "receipt_number": 123,
+            "masked_pan": "############1234", "receipt_text": "EUR 4,87\n####1234",
+        },
+        "cost": {"currency": "EUR", "total_cents": 487},
+    }  # fmt: skip
+
+    async def scenario() -> None:
+        s.cloud.on_payment_step(step)
+        # A step carrying card data is refused whole, never published.
+        s.cloud.on_payment_step({"event": "payment_failed", "payment": {"id": "x", "pan": "4111"}})
+        await s.cloud.start()
+        await until(lambda: bool(events(cloud, "payment")), what="the payment event")
+        await s.cloud.close()
+
+    asyncio.run(scenario())
+    (payment,) = events(cloud, "payment")
+    data = payment["data"]
+    assert (data["payment_id"], data["status"], data["amount_cents"]) == ("pay-7", "captured", 487)
+    assert data["currency"] == "EUR" and data["receipt_text"] == "EUR 4,87\n####1234"
+    assert "4111" not in json.dumps(cloud.on(""), default=str)
+    s.db.close()
