@@ -291,8 +291,10 @@ class SessionPricing:
             try:
                 breakdown = self.final_cost(rec)
             except PaymentError as exc:
-                log.error("session_unpriced", session=rec.id, error=str(exc))
                 breakdown = None
+                if self.tariff() is not None or rec.method is AuthMethod.CARD:
+                    log.error("session_unpriced", session=rec.id, error=str(exc))
+                # else: a site without a tariff prices nothing; that is no error
             else:
                 log.info(
                     "session_priced",
