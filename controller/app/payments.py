@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -203,6 +204,8 @@ class SessionPricing:
             reading = readings.get(cid)
             if reading is None or now_s - reading.at_s > stale_s:
                 continue
+            if not math.isfinite(reading.energy_wh):
+                continue  # an invalid register (NaN): priced from the next valid value
             priced = self._priced_for(rec)
             if priced is None:
                 continue

@@ -15,6 +15,7 @@ must not begin) and an alarm is raised until a write succeeds again.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -172,7 +173,8 @@ class SessionDesk:
             else:
                 view = ConnectorView(
                     vehicle_present=reading.state.vehicle_present,
-                    energy_wh=reading.energy_wh,
+                    # An invalid register (NaN) is no value: the session keeps its last one.
+                    energy_wh=reading.energy_wh if math.isfinite(reading.energy_wh) else None,
                     drawing=max(reading.current_a) >= DRAWING_THRESHOLD_A,
                 )
             self._views[cid] = view
