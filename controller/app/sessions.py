@@ -165,6 +165,7 @@ class SessionDesk:
         """Run every connector's session one tick; returns the engine's view of them."""
         events: list[SessionEvent] = []
         created: set[str] = set()
+        waited: dict[str, SessionRecord] = {}  # pending sessions that start this tick
         stale_s = self.site.control.evse_stale_s
         for cid in self.connectors:
             reading = readings.get(cid)
@@ -218,6 +219,7 @@ class SessionDesk:
                 and self._gate(AuthMethod.FREE) is None
             ):
                 # A car a hold kept waiting under free vend: the hold is gone, it starts.
+                waited[new.id] = new
                 new, happened = authorise(
                     new,
                     connector=cid,
@@ -259,6 +261,11 @@ class SessionDesk:
                 rec = self._dirty.pop(sid)
                 if self._open.get(rec.connector) is rec:
                     del self._open[rec.connector]
+            for sid, pending in waited.items():
+                if sid in self._dirty:  # its start is not on disk: it waits again
+                    unwritten.add(sid)
+                    self._dirty[sid] = pending
+                    self._open[pending.connector] = pending
             events = [e for e in events if e.record.id not in unwritten]
             if self._store_error is not None and not self._dirty:
                 self._probe(now_s)
@@ -488,14 +495,23 @@ class SessionDesk:
     ) -> None:
         """A command's result: on disk first; a new session that cannot be stored is refused."""
         before = self._open.get(connector)
+        unwritten = self._dirty.get(rec.id)
+        # A transaction that begins (a waiting car authorised) is a promise too: not on disk,
+        # it must not begin, or the car charges under a row that still says pending.
+        starts = rec.phase is SessionPhase.ACTIVE and (
+            before is None or before.phase is not SessionPhase.ACTIVE
+        )
         self._remember(rec, dirty=True)
         try:
             self.store.save([rec])
         except StoreError as exc:
             self._store_failed(str(exc))
-            if before is None or before.id != rec.id:
+            if before is None or before.id != rec.id or starts:
                 # Nothing was promised yet: undo and refuse.
-                self._dirty.pop(rec.id, None)
+                if unwritten is not None:
+                    self._dirty[rec.id] = unwritten
+                else:
+                    self._dirty.pop(rec.id, None)
                 if before is None:
                     self._open.pop(connector, None)
                 else:

@@ -609,6 +609,26 @@ def test_a_start_refused_for_the_disk_is_accepted_once_the_disk_works(paid: Rig)
     assert paid.desk.conditions() == []
 
 
+def test_a_waiting_car_authorised_while_the_disk_fails_does_not_charge(paid: Rig) -> None:
+    paid.cars["cp1"] = True
+    paid.tick()
+    waiting = paid.desk.record("cp1")
+    assert waiting is not None and waiting.phase is P.PENDING
+    energy_wh = paid.energy_wh["cp1"]
+    paid.break_disk()
+    with pytest.raises(SessionRefused) as refused:
+        paid.desk.start("cp1", method=AuthMethod.REMOTE, by="ocpp")
+    assert refused.value.code == "store_failed"
+    for _ in range(3):
+        paid.tick()
+    # The row on disk says pending: the car must not charge under it.
+    assert paid.hold("cp1") == "not_authorised" and paid.energy_wh["cp1"] == energy_wh
+    assert paid.desk.record("cp1") == waiting
+    paid.mend_disk()
+    rec = paid.desk.start("cp1", method=AuthMethod.REMOTE, by="ocpp")
+    assert rec.id == waiting.id and paid.row(rec.id)["phase"] == "active"  # type: ignore[index]
+
+
 def test_a_clean_shutdown_writes_the_latest_meter_value_for_a_reboot_stop(rig: Rig) -> None:
     rig.cars["cp1"] = True
     for _ in range(6):  # the meter value went to disk once, on the 2nd tick

@@ -60,3 +60,27 @@ def test_a_car_kept_waiting_starts_under_free_vend_once_the_hold_is_gone(tmp_pat
     assert rig.kinds() == [("cp1", K.PENDING), ("cp1", K.STARTED)]
     assert rig.row(rec.id)["phase"] == "active"  # on disk before anyone was told
     rig.db.close()
+
+
+def test_a_car_kept_waiting_does_not_start_while_the_disk_fails(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "evsite.sqlite3")
+    rig.desk.restore(clean_shutdown=True)
+    active = [True]
+    rig.desk.holds.append(held_for("MINE", "cp1", active))  # type: ignore[arg-type]
+    rig.cars["cp1"] = True
+    rig.tick()
+    energy_wh = rig.energy_wh["cp1"]
+    rig.break_disk()
+    active[0] = False
+    for _ in range(3):
+        rig.tick()
+    # Its start is not on disk (the row says pending): the car waits at 0 A, nobody is told.
+    assert rig.hold("cp1") == "not_authorised" and rig.energy_wh["cp1"] == energy_wh
+    assert rig.desk.record("cp1").phase is SessionPhase.PENDING
+    assert rig.kinds() == [("cp1", K.PENDING)]
+    rig.mend_disk()
+    rig.tick()
+    rec = rig.desk.record("cp1")
+    assert rec.phase is SessionPhase.ACTIVE and rig.row(rec.id)["phase"] == "active"
+    assert rig.kinds() == [("cp1", K.PENDING), ("cp1", K.STARTED)]
+    rig.db.close()
