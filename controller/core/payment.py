@@ -240,10 +240,16 @@ def apply(p: Payment, step: Step, outcome: Outcome, *, at: datetime) -> Payment:
                 # Approved without a receipt number: money may be held under a number we do
                 # not know; only the enquiry can find it.
                 return replace(p, reason="approved_without_receipt", updated_at=at)
+            held = p.preauth_cents
+            if outcome.amount_cents is not None and 0 < outcome.amount_cents < held:
+                # A partial approval: only that much is held, so the stop rule and the capture
+                # must not count on more.
+                held = outcome.amount_cents
             return _move(
                 p,
                 PaymentState.AUTHORISED,
                 at=at,
+                preauth_cents=held,
                 receipt_number=outcome.receipt_number,
                 trace_number=outcome.trace_number,
                 terminal_id=outcome.terminal_id,

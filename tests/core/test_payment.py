@@ -62,6 +62,24 @@ def _authorised(receipt: int = 7) -> Payment:
     )
 
 
+def test_a_partial_approval_caps_the_stop_rule_and_the_capture_at_what_is_held() -> None:
+    p = new_payment(payment_id="p1", terminal="t", preauth_cents=2500, connector="cp1", at=T0)
+    approved = Outcome(kind=OutcomeKind.DONE, receipt_number=7, amount_cents=1500)
+    p = apply(p, PRE, approved, at=T0)
+    assert p.state is PaymentState.AUTHORISED and p.preauth_cents == 1500
+    p = session_ended(
+        session_started(p, session_id="s1", connector="cp1", at=T0), cost_cents=2000, at=T0
+    )
+    assert next_step(p) == Step(kind=StepKind.CAPTURE, amount_cents=1500, receipt_number=7)
+    # An amount the terminal repeats (or one above the request) changes nothing.
+    for amount in (2500, 3000, 0, None):
+        q = new_payment(payment_id="p2", terminal="t", preauth_cents=2500, connector=None, at=T0)
+        q = apply(
+            q, PRE, Outcome(kind=OutcomeKind.DONE, receipt_number=8, amount_cents=amount), at=T0
+        )
+        assert q.preauth_cents == 2500
+
+
 def test_happy_path_pre_auth_charge_capture() -> None:
     p = _authorised()
     assert p.state is PaymentState.AUTHORISED and p.receipt_number == 7 and p.holds_money
