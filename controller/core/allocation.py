@@ -405,8 +405,11 @@ def allocate(site: Site, snap: Snapshot, previous: Allocation | None = None) -> 
             limits[conn.id] = ConnectorLimit(connector=conn.id, current_a=fallback_a, bound=bound)
             fixed = max(conn.fallback_current_a, *draw)
         elif reading is None:
+            # Unread is not unknown: a session that may not draw (stopped, not authorised,
+            # unavailable) gets 0 A here too, should the write get through.
+            offline_a = conn.fallback_current_a if _session_allows(snap, conn.id) else 0.0
             limits[conn.id] = ConnectorLimit(
-                connector=conn.id, current_a=conn.fallback_current_a, bound=Bound.EVSE_OFFLINE
+                connector=conn.id, current_a=offline_a, bound=Bound.EVSE_OFFLINE
             )
             fixed = max(written or 0.0, conn.fallback_current_a, mem.limit_a)
         elif conn.id in snap.write_failed:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from controller.core.allocation import allocate
-from controller.core.model import Allocation, Bound
+from controller.core.model import Allocation, Bound, Session
 from controller.core.site import Site
 from tests.core.sites import evse, settle, site, snap
 
@@ -83,6 +84,22 @@ def test_offline_evse_keeps_a_reservation() -> None:
     a = allocate(s, sn)
     assert a.limits["a"].bound is Bound.EVSE_OFFLINE
     assert a.limits["b"].target_a == 16.0  # 32 - a's last written 16 A
+
+
+def test_an_offline_evse_whose_session_may_not_draw_gets_0_a() -> None:
+    # Its reads fail (or come too late) but a write may still get through: a stopped, unpaid or
+    # unavailable connector must not be handed its fallback current.
+    s = site([evse("a", fallback_current_a=6.0), evse("b")], rating_a=32)
+    for hold in ("stopped", "not_authorised", "unavailable"):
+        sn = replace(
+            snap(10, C3, {"b": ("C", C3)}, written={"a": 0.0}),
+            sessions={"a": Session(charging_allowed=False, hold=hold)},
+        )
+        a = allocate(s, sn)
+        assert a.limits["a"].bound is Bound.EVSE_OFFLINE and a.current_a("a") == 0.0, hold
+    # A session that may draw keeps the fallback current, as before.
+    sn = replace(snap(10, C3, {"b": ("C", C3)}), sessions={"a": Session()})
+    assert allocate(s, sn).current_a("a") == 6.0
 
 
 def test_implausible_meter_counts_as_missing() -> None:

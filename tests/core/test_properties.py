@@ -172,7 +172,7 @@ def check_i2(site: Site, view: View, alloc: Allocation, prev: dict[str, float]) 
             assert lim.bound in FALLBACK_BOUNDS, (k.id, lim)
             continue
         if view.fresh[k.id] is None:
-            assert i == k.fallback_current_a, (k.id, lim)
+            assert i == ladder_current_a(view, k), (k.id, lim)
             assert lim.bound in FALLBACK_BOUNDS, (k.id, lim)
             continue
         assert lim.bound not in FALLBACK_BOUNDS, (k.id, lim)
