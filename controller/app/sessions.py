@@ -165,7 +165,9 @@ class SessionDesk:
         """Run every connector's session one tick; returns the engine's view of them."""
         events: list[SessionEvent] = []
         created: set[str] = set()
-        waited: dict[str, SessionRecord] = {}  # pending sessions that start this tick
+        # Sessions whose transaction begins this tick, as they were before: a start that
+        # cannot be written does not begin (the row on disk still says pending / authorised).
+        starting: dict[str, SessionRecord] = {}
         stale_s = self.site.control.evse_stale_s
         for cid in self.connectors:
             reading = readings.get(cid)
@@ -219,7 +221,6 @@ class SessionDesk:
                 and self._gate(AuthMethod.FREE) is None
             ):
                 # A car a hold kept waiting under free vend: the hold is gone, it starts.
-                waited[new.id] = new
                 new, happened = authorise(
                     new,
                     connector=cid,
@@ -242,6 +243,13 @@ class SessionDesk:
             if new is not rec:
                 if rec is None and new is not None:
                     created.add(new.id)
+                elif (
+                    rec is not None
+                    and new is not None
+                    and new.phase is SessionPhase.ACTIVE
+                    and rec.phase is not SessionPhase.ACTIVE
+                ):
+                    starting[new.id] = rec
                 self._adopt(cid, new, happened, events)
                 if (
                     new is not None
@@ -261,11 +269,11 @@ class SessionDesk:
                 rec = self._dirty.pop(sid)
                 if self._open.get(rec.connector) is rec:
                     del self._open[rec.connector]
-            for sid, pending in waited.items():
+            for sid, waiting in starting.items():
                 if sid in self._dirty:  # its start is not on disk: it waits again
                     unwritten.add(sid)
-                    self._dirty[sid] = pending
-                    self._open[pending.connector] = pending
+                    self._dirty[sid] = waiting
+                    self._open[waiting.connector] = waiting
             events = [e for e in events if e.record.id not in unwritten]
             if self._store_error is not None and not self._dirty:
                 self._probe(now_s)

@@ -629,6 +629,25 @@ def test_a_waiting_car_authorised_while_the_disk_fails_does_not_charge(paid: Rig
     assert rec.id == waiting.id and paid.row(rec.id)["phase"] == "active"  # type: ignore[index]
 
 
+def test_an_authorised_session_whose_car_comes_while_the_disk_fails_waits(paid: Rig) -> None:
+    waiting = paid.desk.start("cp1", method=AuthMethod.REMOTE, by="ocpp")
+    assert waiting.phase is P.AUTHORISED
+    paid.break_disk()
+    paid.cars["cp1"] = True
+    energy_wh = paid.energy_wh["cp1"]
+    for _ in range(3):
+        paid.tick()
+    # The row on disk says authorised: no transaction, no current, nobody told of a start.
+    assert paid.hold("cp1") == "not_authorised" and paid.energy_wh["cp1"] == energy_wh
+    assert paid.desk.record("cp1") == waiting
+    assert (K.STARTED) not in [e.kind for e, _ in paid.heard]
+    paid.mend_disk()
+    paid.tick()
+    rec = paid.desk.record("cp1")
+    assert rec is not None and rec.id == waiting.id and rec.phase is P.ACTIVE
+    assert paid.row(rec.id)["phase"] == "active"  # type: ignore[index]
+
+
 def test_a_clean_shutdown_writes_the_latest_meter_value_for_a_reboot_stop(rig: Rig) -> None:
     rig.cars["cp1"] = True
     for _ in range(6):  # the meter value went to disk once, on the 2nd tick
