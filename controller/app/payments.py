@@ -233,9 +233,14 @@ class SessionPricing:
         if priced is None:
             raise PaymentError(f"session {rec.id} has no start to price from")
         if rec.ended_at is not None and rec.meter_stop_wh is not None:
+            end_at = rec.ended_at
+            if rec.stop_reason in (StopReason.POWER_LOSS, StopReason.REBOOT):
+                # Ended at the restart; the car left at some moment while we were down. Priced
+                # to the last moment we saw it: the downtime is not billed as session time.
+                end_at = min(end_at, priced.usage.last_at)
             priced.usage = priced.usage.record(
                 priced.tariff,
-                at=rec.ended_at,
+                at=end_at,
                 energy_register_wh=rec.meter_stop_wh,
                 drawing=False,
                 # The end is the end: no idle time is billed after the last tick's sample.
