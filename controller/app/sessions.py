@@ -478,14 +478,22 @@ class SessionDesk:
         # A broken state file is not judged here: the new session's first write fails and
         # undoes it (``_commit``, ``observe``), so a file that works again is noticed at once.
         for gate in self.gates:
-            refusal = gate(method)
+            try:
+                refusal = gate(method)
+            except Exception as exc:  # runs in the tick: a broken gate refuses, never stalls it
+                log.error("session_gate_failed", method=method.value, error=repr(exc))
+                return f"a session gate failed: {exc!r}"
             if refusal is not None:
                 return refusal
         return None
 
     def _held(self, connector: str, id_tag: str | None) -> str | None:
         for hold in self.holds:
-            reason = hold(connector, id_tag)
+            try:
+                reason = hold(connector, id_tag)
+            except Exception as exc:  # runs in the tick: a broken hold holds, never stalls it
+                log.error("session_hold_failed", connector=connector, error=repr(exc))
+                return f"a connector hold failed: {exc!r}"
             if reason is not None:
                 return reason
         return None

@@ -84,3 +84,32 @@ def test_a_car_kept_waiting_does_not_start_while_the_disk_fails(tmp_path: Path) 
     assert rec.phase is SessionPhase.ACTIVE and rig.row(rec.id)["phase"] == "active"
     assert rig.kinds() == [("cp1", K.PENDING), ("cp1", K.STARTED)]
     rig.db.close()
+
+
+def test_a_hold_or_gate_that_raises_refuses_and_the_tick_goes_on(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "evsite.sqlite3")
+    rig.desk.restore(clean_shutdown=True)
+
+    def broken_hold(cid: str, id_tag: str | None) -> str | None:
+        raise KeyError(cid)
+
+    rig.desk.holds.append(broken_hold)
+    rig.cars["cp1"] = True
+    rig.tick()  # raised KeyError out of observe (the tick, before allocating) before
+    rig.tick()
+    assert rig.desk.record("cp1").phase is SessionPhase.PENDING
+    assert rig.hold("cp1") == "not_authorised"
+    rig.desk.holds.clear()
+
+    def broken_gate(method: AuthMethod) -> str | None:
+        raise RuntimeError("outbox gone")
+
+    rig.desk.gates.append(broken_gate)
+    rig.tick()  # free vend would start it now: the broken gate refuses instead
+    assert rig.desk.record("cp1").phase is SessionPhase.PENDING
+    with pytest.raises(SessionRefused, match="gate failed"):
+        rig.desk.start("cp1", method=AuthMethod.REMOTE, by="ocpp")
+    rig.desk.gates.clear()
+    rig.tick()
+    assert rig.desk.record("cp1").phase is SessionPhase.ACTIVE
+    rig.db.close()
