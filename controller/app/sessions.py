@@ -131,6 +131,16 @@ class SessionDesk:
                     clean_shutdown=clean_shutdown,
                     now_s=self.clock(),
                 )
+                if ended.open:
+                    # An authorisation waiting for a car (one a card paid for, say): no car
+                    # will ever come to a connector that is gone, so it lapses now.
+                    ended, happened = stop(
+                        ended,
+                        connector=rec.connector,
+                        reason=StopReason.OTHER,
+                        by="controller",
+                        wall=self.wall_clock(),
+                    )
                 self._remember(ended, dirty=True)
                 gone.extend(happened)
                 continue

@@ -648,6 +648,32 @@ def test_an_authorised_session_whose_car_comes_while_the_disk_fails_waits(paid: 
     assert paid.row(rec.id)["phase"] == "active"  # type: ignore[index]
 
 
+def test_an_authorisation_at_a_connector_that_left_the_config_lapses(paid: Rig) -> None:
+    waiting = paid.desk.start("cp2", method=AuthMethod.CARD, by="card", payment_id="p1")
+    assert waiting.phase is P.AUTHORISED
+    paid.crash()
+    # The next run's site has cp1 only.
+    one = load_config_text(SITE_YAML.replace(
+        "  - {id: cp2, driver: alfen_ng9xx, transport: {type: tcp, host: 10.0.0.2}}\n", ""
+    )).site  # fmt: skip
+    paid.db = Database(paid.path)
+    desk = SessionDesk(
+        site=one,
+        store=SessionStore(paid.db),
+        settings=SessionSettings(free_vend=False),
+        clock=lambda: paid.now_s,
+        wall_clock=paid.wall,
+    )
+    heard: list[SessionEvent] = []
+    desk.listeners.append(heard.append)
+    desk.restore(clean_shutdown=True)
+    # Closed on disk (an open row would keep its card's pre-auth open forever), and told.
+    row = paid.row(waiting.id)
+    assert row is not None and row["phase"] == "closed" and row["stop_reason"] == "Other"
+    assert [(e.kind, e.record.id) for e in heard] == [(K.ABANDONED, waiting.id)]
+    assert desk.records() == {}
+
+
 def test_a_clean_shutdown_writes_the_latest_meter_value_for_a_reboot_stop(rig: Rig) -> None:
     rig.cars["cp1"] = True
     for _ in range(6):  # the meter value went to disk once, on the 2nd tick
