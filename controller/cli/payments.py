@@ -124,7 +124,10 @@ def pay(socket: Path, args: argparse.Namespace, out: TextIO | None = None) -> in
         print(json.dumps(payment, indent=2), file=out)
     else:
         print(_payment_line(payment), file=out)
-    return EXIT_OK if payment["state"] in ("preauth_sent", "authorised", "charging") else 1
+    if payment["state"] == "preauth_sent":
+        # The terminal has it (--no-wait), or its answer did not come in time: no session yet.
+        return EXIT_OK if args.no_wait else EXIT_REFUSED
+    return EXIT_OK if payment["state"] in ("authorised", "charging") else EXIT_REFUSED
 
 
 def payments(socket: Path, args: argparse.Namespace, out: TextIO | None = None) -> int:
