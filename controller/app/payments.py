@@ -521,6 +521,11 @@ class PaymentDesk:
                 raise PaymentRefused(f"connector {connector} is unavailable")
         elif self._route() is None:
             raise PaymentRefused("no car waits for a payment at the terminal's connectors")
+        # A card session the desk would refuse (reserved connector, outbox alarm) is refused
+        # before the card is charged, not pre-authorised and then released.
+        refusal = self.desk.refusal(AuthMethod.CARD, connector)
+        if refusal is not None:
+            raise PaymentRefused(refusal)
         tariff = self.pricing.tariff()
         if tariff is None:
             raise PaymentRefused("no tariff is in force: card payments need one")
@@ -561,6 +566,7 @@ class PaymentDesk:
             if (rec := self.desk.record(cid)) is not None
             and rec.phase is SessionPhase.PENDING
             and self.desk.available(cid)
+            and self.desk.refusal(AuthMethod.CARD, cid) is None
         ]
         if not waiting:
             return None

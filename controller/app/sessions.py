@@ -453,6 +453,11 @@ class SessionDesk:
     def available(self, connector: str) -> bool:
         return self._available[connector]
 
+    def refusal(self, method: AuthMethod, connector: str | None = None) -> str | None:
+        """Why a new session by ``method`` (at ``connector``, if given) would be refused now: a
+        gate, or a hold on the connector; None when it would not be."""
+        return self._gate(method) or (None if connector is None else self._held(connector, None))
+
     def vehicle_present(self, connector: str) -> bool | None:
         view = self._views.get(connector)
         return None if view is None else view.vehicle_present

@@ -463,6 +463,30 @@ def test_case18_two_connectors_one_terminal_serialised_most_recent_car_first(
     run(main)
 
 
+def test_a_card_the_desk_would_refuse_is_refused_before_the_terminal_hears_of_it(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with rig("tcp", tmp_path) as r:
+            await r.ready()
+            r.cars["cp1"] = True
+            r.tick()
+            # cp1 is reserved for another idTag (an OCPP reservation): no card session there.
+            r.desk.holds.append(lambda cid, tag: "reserved" if cid == "cp1" else None)
+            with pytest.raises(PaymentRefused, match="reserved"):
+                r.payments.begin("cp1", by="test")
+            with pytest.raises(PaymentRefused, match="no car waits"):
+                r.payments.begin(None, by="test")  # the only waiting car is at cp1
+            r.desk.holds.clear()
+            r.desk.gates.append(lambda method: "outbox full" if method is AuthMethod.CARD else None)
+            with pytest.raises(PaymentRefused, match="outbox full"):
+                r.payments.begin("cp1", by="test")
+            assert r.sim.counters.commands.count("06 22") == 0  # no card was pre-authorised
+            assert r.rows() == []
+
+    run(main)
+
+
 # --- crashes and lost answers -----------------------------------------------------------------
 
 
