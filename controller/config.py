@@ -788,6 +788,7 @@ class _TerminalModel(BaseModel):
     stop_headroom_s: float = Field(default=5.0, gt=0, le=600)
     retry_s: float = Field(default=30.0, gt=0, le=3600)
     usage_save_s: float = Field(default=10.0, gt=0, le=600)
+    preauth_on_plug_in: bool = False
 
 
 _OCPP_IDENTITY_RE = re.compile(r"[A-Za-z0-9_.*+|@-]{1,48}")
@@ -1495,6 +1496,7 @@ class _Loader:
             stop_headroom_s=m.stop_headroom_s,
             retry_s=m.retry_s,
             usage_save_s=m.usage_save_s,
+            preauth_on_plug_in=m.preauth_on_plug_in,
         )
 
     def mqtt(self, m: _MqttModel, site_id: str) -> MqttSettings | None:

@@ -380,6 +380,8 @@ class PaymentDesk:
         self._status_task: asyncio.Task[Any] | None = None
         self._status_asked_s = -1e18
         self._closed = False
+        # Sessions (pending, per plug-in) a pre-authorisation was started for by itself.
+        self._auto_tried: set[str] = set()
         desk.gates.append(self._gate)
         pricing.over_listeners.append(self._on_session_over)
 
@@ -413,6 +415,8 @@ class PaymentDesk:
                 self._journal_error = None
         self._resolve_doubt()
         self._recheck_status()
+        if self.settings.preauth_on_plug_in:
+            self._preauth_on_plug_in()
         for p in list(self._payments.values()):
             if p.state is not PaymentState.CHARGING or p.session_id is None:
                 continue
@@ -491,6 +495,31 @@ class PaymentDesk:
         self._doubt_task = self._spawn(enquire())
 
     # -- a card presented --------------------------------------------------------------------
+
+    def _preauth_on_plug_in(self) -> None:
+        """An unattended charger: a car waiting at a served connector starts its pre-auth.
+
+        One attempt per plug-in (a declined or ignored card does not loop on the terminal),
+        one payment on the terminal at a time; a car plugged in while another's pre-auth runs
+        gets its turn after it.
+        """
+        if not self.ready.is_set() or self._preauths or self._closed:
+            return
+        waiting = {
+            rec.id: cid
+            for cid in self.connectors
+            if (rec := self.desk.record(cid)) is not None and rec.phase is SessionPhase.PENDING
+        }
+        self._auto_tried &= set(waiting)  # forget sessions that are gone
+        for session_id, cid in waiting.items():
+            if session_id in self._auto_tried:
+                continue
+            self._auto_tried.add(session_id)
+            try:
+                self.begin(cid, by="plug_in")
+            except PaymentRefused as exc:
+                log.info("payment_not_started", connector=cid, reason=str(exc))
+            return
 
     def begin(self, connector: str | None, *, by: str) -> Payment:
         """Journal a new payment's intent and start it on the terminal (in the background).

@@ -32,6 +32,9 @@ class TerminalSettings:
     retry_s: float = 30.0
     # How often a running session's priced usage is written (and always on every end).
     usage_save_s: float = 10.0
+    # Unattended chargers: a car plugged in at a served connector starts the pre-authorisation
+    # by itself (the terminal then asks for the card), once per plug-in.
+    preauth_on_plug_in: bool = False
 
     def describe(self) -> str:
         return self.link.describe()

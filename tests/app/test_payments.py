@@ -108,6 +108,7 @@ class Rig:
     link: SerialLink | TcpLink
     tariff: Tariff = TARIFF
     stop_headroom_s: float = 2.0
+    preauth_on_plug_in: bool = False
     now_s: float = 1000.0
     cars: dict[str, bool] = field(default_factory=lambda: {"cp1": False, "cp2": False})
     energy_wh: dict[str, float] = field(default_factory=lambda: {"cp1": 5_000.0, "cp2": 0.0})
@@ -143,7 +144,7 @@ class Rig:
         )
         settings = TerminalSettings(
             link=self.link, t1_s=0.1, t3_s=0.3, t4_s=1.0, retry_s=0.05,
-            stop_headroom_s=self.stop_headroom_s,
+            stop_headroom_s=self.stop_headroom_s, preauth_on_plug_in=self.preauth_on_plug_in,
         )  # fmt: skip
         self.payments = PaymentDesk(
             settings=settings,
@@ -992,5 +993,36 @@ def test_paid_before_plugging_in_and_no_car_came_the_pre_auth_is_released(tmp_pa
             await r.until(lambda: r.row(p.id)["state"] == "released")
             assert r.sim.ledger.pre_auths[r.row(p.id)["receipt_number"]].state == "released"
             assert r.sim.ledger.captured_total_cents() == 0
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", ["tcp"])
+def test_an_unattended_charger_asks_for_the_card_when_a_car_plugs_in_once_per_plug_in(
+    kind: str, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        async with rig(kind, tmp_path, preauth_on_plug_in=True) as r:
+            await r.ready()
+            # The first driver's card is declined: no session, and no second attempt by itself.
+            r.sim.script.decline_code = 0x6C
+            r.cars["cp1"] = True
+            r.tick()
+            await r.until(lambda: any(row["state"] == "declined" for row in r.rows()))
+            for _ in range(5):
+                r.tick()
+                await asyncio.sleep(0.05)
+            assert r.sim.counters.commands.count("06 22") == 1
+            assert r.desk.record("cp1").phase is SessionPhase.PENDING  # type: ignore[union-attr]
+            # Plugged in again: a new session, a new attempt, approved, charging.
+            r.cars["cp1"] = False
+            r.tick()
+            r.cars["cp1"] = True
+            r.tick()
+            await r.until(lambda: any(row["state"] == "charging" for row in r.rows()))
+            rec = r.desk.record("cp1")
+            assert rec is not None and rec.phase is SessionPhase.ACTIVE
+            assert rec.method is AuthMethod.CARD
+            assert r.sim.counters.commands.count("06 22") == 2
 
     run(main)
