@@ -789,6 +789,7 @@ class _TerminalModel(BaseModel):
     retry_s: float = Field(default=30.0, gt=0, le=3600)
     usage_save_s: float = Field(default=10.0, gt=0, le=600)
     preauth_on_plug_in: bool = False
+    end_of_day_every_s: float = Field(default=86_400.0, ge=60, le=7 * 86_400)
 
 
 _OCPP_IDENTITY_RE = re.compile(r"[A-Za-z0-9_.*+|@-]{1,48}")
@@ -1497,6 +1498,7 @@ class _Loader:
             retry_s=m.retry_s,
             usage_save_s=m.usage_save_s,
             preauth_on_plug_in=m.preauth_on_plug_in,
+            end_of_day_every_s=m.end_of_day_every_s,
         )
 
     def mqtt(self, m: _MqttModel, site_id: str) -> MqttSettings | None:

@@ -382,6 +382,8 @@ class PaymentDesk:
         self._closed = False
         # Sessions (pending, per plug-in) a pre-authorisation was started for by itself.
         self._auto_tried: set[str] = set()
+        self._end_of_day_s: float | None = None  # when the last end of day ran (or we began)
+        self._end_of_day_task: asyncio.Task[Any] | None = None
         desk.gates.append(self._gate)
         pricing.over_listeners.append(self._on_session_over)
 
@@ -417,6 +419,7 @@ class PaymentDesk:
         self._recheck_status()
         if self.settings.preauth_on_plug_in:
             self._preauth_on_plug_in()
+        self._daily_end_of_day()
         for p in list(self._payments.values()):
             if p.state is not PaymentState.CHARGING or p.session_id is None:
                 continue
@@ -495,6 +498,31 @@ class PaymentDesk:
         self._doubt_task = self._spawn(enquire())
 
     # -- a card presented --------------------------------------------------------------------
+
+    def _daily_end_of_day(self) -> None:
+        """End of day at least every ``end_of_day_every_s``, never while a payment is open."""
+        if not self.ready.is_set() or self._closed:
+            return
+        now = self.clock()
+        if self._end_of_day_s is None:
+            self._end_of_day_s = now
+            return
+        if now - self._end_of_day_s < self.settings.end_of_day_every_s:
+            return
+        if self._end_of_day_task is not None and not self._end_of_day_task.done():
+            return
+        if self._preauths or any(not p.final for p in self._payments.values()):
+            return  # a session is paid and running: after it
+
+        async def run() -> None:
+            if await self._end_of_day():
+                self._end_of_day_s = self.clock()
+            else:  # try again after the retry time, not a whole day later
+                self._end_of_day_s = (
+                    self.clock() - self.settings.end_of_day_every_s + self.settings.retry_s
+                )
+
+        self._end_of_day_task = self._spawn(run())
 
     def _preauth_on_plug_in(self) -> None:
         """An unattended charger: a car waiting at a served connector starts its pre-auth.
@@ -831,12 +859,13 @@ class PaymentDesk:
         rec = self.desk.store.get(session_id)
         return None if rec is None else rec.connector
 
-    async def _end_of_day(self) -> None:
-        """End of day when the terminal asks for it, and only with nothing open (§7)."""
+    async def _end_of_day(self) -> bool:
+        """End of day when the terminal asks for it or the day is over, and only with nothing
+        open (§7). True when it ran."""
         async with self._lock:
             try:
                 if await self.terminal.open_pre_auths():
-                    return
+                    return False
                 await self.terminal.end_of_day()
             except (
                 TerminalUnavailable,
@@ -845,9 +874,10 @@ class PaymentDesk:
                 PaymentOutcomeUnknown,
             ) as exc:
                 log.warning("end_of_day_failed", terminal=self.settings.id, error=str(exc))
-                return
+                return False
         self.terminal_status = STATUS_READY
         log.info("end_of_day_done", terminal=self.settings.id)
+        return True
 
     # -- the terminal ------------------------------------------------------------------------
 

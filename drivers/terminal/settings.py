@@ -35,6 +35,9 @@ class TerminalSettings:
     # Unattended chargers: a car plugged in at a served connector starts the pre-authorisation
     # by itself (the terminal then asks for the card), once per plug-in.
     preauth_on_plug_in: bool = False
+    # End of day (06 50: the terminal sends its day's bookings to the acquirer) at least this
+    # often, and only with no payment open; besides whenever the terminal asks (status F0).
+    end_of_day_every_s: float = 86_400.0
 
     def describe(self) -> str:
         return self.link.describe()

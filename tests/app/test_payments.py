@@ -109,6 +109,7 @@ class Rig:
     tariff: Tariff = TARIFF
     stop_headroom_s: float = 2.0
     preauth_on_plug_in: bool = False
+    end_of_day_every_s: float = 86_400.0
     now_s: float = 1000.0
     cars: dict[str, bool] = field(default_factory=lambda: {"cp1": False, "cp2": False})
     energy_wh: dict[str, float] = field(default_factory=lambda: {"cp1": 5_000.0, "cp2": 0.0})
@@ -145,6 +146,7 @@ class Rig:
         settings = TerminalSettings(
             link=self.link, t1_s=0.1, t3_s=0.3, t4_s=1.0, retry_s=0.05,
             stop_headroom_s=self.stop_headroom_s, preauth_on_plug_in=self.preauth_on_plug_in,
+            end_of_day_every_s=self.end_of_day_every_s,
         )  # fmt: skip
         self.payments = PaymentDesk(
             settings=settings,
@@ -1024,5 +1026,28 @@ def test_an_unattended_charger_asks_for_the_card_when_a_car_plugs_in_once_per_pl
             assert rec is not None and rec.phase is SessionPhase.ACTIVE
             assert rec.method is AuthMethod.CARD
             assert r.sim.counters.commands.count("06 22") == 2
+
+    run(main)
+
+
+def test_end_of_day_runs_daily_but_never_while_a_paid_session_is_open(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with rig("tcp", tmp_path, end_of_day_every_s=3600.0) as r:
+            await r.ready()
+            pid = await charge(r, "cp1", seconds=10)
+            for _ in range(4):  # a day passes while the paid session runs: no end of day
+                r.tick(dt_s=1800.0)
+                await asyncio.sleep(0.05)
+            assert "06 50" not in r.sim.counters.commands
+            r.desk.stop("cp1", reason=StopReason.LOCAL, by="test")
+            await r.until(lambda: r.row(pid)["state"] == "captured")
+            r.tick()  # nothing open any more: the overdue end of day runs
+            await r.until(lambda: "06 50" in r.sim.counters.commands)
+            count = r.sim.counters.commands.count("06 50")
+            r.tick(dt_s=600.0)  # not again within the hour
+            await asyncio.sleep(0.2)
+            assert r.sim.counters.commands.count("06 50") == count
+            r.tick(dt_s=3600.0)
+            await r.until(lambda: r.sim.counters.commands.count("06 50") == count + 1)
 
     run(main)
