@@ -59,6 +59,7 @@ DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")
 _MICROSECOND = timedelta(microseconds=1)
 _MINUTE = timedelta(minutes=1)
+_WEEK = timedelta(days=7)
 _CENTS_PER_UNIT = 100
 _WH_PER_KWH = 1000
 _S_PER_MIN = 60
@@ -376,6 +377,13 @@ def _band_shares(
     band = tariff.band_at(begin)
     if not tariff.time_of_use:
         return [(band, _seconds(begin, end))]
+    if end - begin > _WEEK:
+        # A gap of more than a week (the controller was down, or the clock jumped when NTP
+        # came): the schedule is weekly, so one week's shares scaled to the whole gap; a
+        # minute-by-minute walk over years of clock jump would hold the control tick.
+        scale = _seconds(begin, end) / _seconds(begin, begin + _WEEK)
+        week = _band_shares(tariff, begin, begin + _WEEK)
+        return [(b, seconds * scale) for b, seconds in week]
     shares: list[tuple[tuple[str, Decimal], Fraction]] = []
     piece_start = begin.astimezone(UTC)
     end_utc = end.astimezone(UTC)

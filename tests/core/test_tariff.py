@@ -136,6 +136,19 @@ def test_interval_across_a_band_boundary_is_split_by_time() -> None:
     assert cost(t, u).total_cents == 68
 
 
+@pytest.mark.timeout(60)  # walking it minute by minute would take many minutes
+def test_a_gap_of_years_is_split_by_the_weekly_pattern_without_walking_it() -> None:
+    # A clock jump of ~56 years (a gateway without RTC getting NTP time): the weekly schedule
+    # gives 8 of 24 hours to night every day, so a third of the energy is night energy; and it
+    # must not walk 29 million minutes to find that out.
+    t = tariff(time_of_use=(NIGHT,))
+    begin = at(1970, 1, 5, 0, 0)  # a Monday 00:00
+    end = begin + timedelta(weeks=52 * 56)
+    u = energy_session(t, 3_000_000, begin, end)
+    night = {b.name: b.energy_wh for b in u.bands}["night"]
+    assert abs(float(night) - 1_000_000) < 1_000_000 * 0.01  # DST makes it not exact
+
+
 def test_a_split_that_is_not_whole_wh_stays_exact() -> None:
     # 21:59:30 -> 22:00:45, 10 Wh: 30 s of 75 s before 22:00 -> 4 Wh, 45 s -> 6 Wh.
     # 4 Wh x 0.39 + 6 Wh x 0.29 = 0.156 + 0.174 = 0.33 cents -> 0. Then a third of a Wh:
