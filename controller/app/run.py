@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -38,6 +40,20 @@ from drivers.terminal.settings import build as build_terminal
 log = structlog.get_logger("evsite")
 
 CLEAN_SHUTDOWN = "clean_shutdown"  # marker: "1" once the EVSEs got their fallback on exit
+# A part of the tick hook that keeps failing is logged once per this many seconds.
+_CONTAINED_LOG_PERIOD_S = 60.0
+_contained_logged: dict[str, float] = {}
+
+
+@contextlib.contextmanager
+def _contained(part: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        now = time.monotonic()
+        if now - _contained_logged.get(part, -math.inf) >= _CONTAINED_LOG_PERIOD_S:
+            _contained_logged[part] = now
+            log.exception("tick_part_failed", part=part, error=repr(exc))
 
 
 async def serve(config: LoadedConfig) -> int:
@@ -92,16 +108,24 @@ async def serve(config: LoadedConfig) -> int:
         if watchdog_s is not None and now - last_ping[0] >= watchdog_s / 2:
             notifier.watchdog()
             last_ping[0] = now
-        # Each connector's session and availability, for `evsite status` and the cloud links.
-        loop.status["sessions"] = desk.status_document()
-        pricing.on_tick(loop.evse_readings, loop.allocation, datetime.now(tz))
+        # The limits are written by now. Each part below is contained on its own: a bug in
+        # one (pricing, payments, a cloud link) must neither silence the others nor count as
+        # a failed tick (five in a row take the site to its fallback).
+        with _contained("sessions_status"):
+            # Each connector's session and availability, for `evsite status` and the clouds.
+            loop.status["sessions"] = desk.status_document()
+        with _contained("pricing"):
+            pricing.on_tick(loop.evse_readings, loop.allocation, datetime.now(tz))
         if payments is not None:
-            payments.on_tick()
-            loop.status["payments"] = payments.status_document()
+            with _contained("payments"):
+                payments.on_tick()
+                loop.status["payments"] = payments.status_document()
         if cloud is not None:
-            cloud.on_tick(loop.status)
+            with _contained("mqtt"):
+                cloud.on_tick(loop.status)
         if ocpp is not None:
-            ocpp.on_tick(loop.status)
+            with _contained("ocpp"):
+                ocpp.on_tick(loop.status)
 
     def all_slots() -> tuple[LimitSlot, ...]:
         # The site's own slots and the CSMS's charging profiles in force: the engine takes the
