@@ -824,36 +824,43 @@ class PaymentDesk:
         for p in list(self._payments.values()):
             if p.final or p.id in self._settling:
                 continue
-            found = self.journal.session_of_payment(p.id)
-            session_open: bool | None = None
-            if found is not None:
-                session_open = found[1] not in (SessionPhase.FINISHING, SessionPhase.CLOSED)
-            action = on_restart(p, session_open=session_open)
-            now = self.wall_clock()
-            if action is RestartAction.RELEASE:
-                self._record(no_session(p, reason="no_session_after_restart", at=now))
-            elif action is RestartAction.RESUME and found is not None:
-                if p.state is PaymentState.AUTHORISED:
-                    cid = self._connector_of(found[0]) or p.connector or ""
-                    self._record(session_started(p, session_id=found[0], connector=cid, at=now))
-            elif action is RestartAction.END_SESSION and found is not None:
-                rec = self.desk.store.get(found[0])
-                if rec is None:
-                    continue
-                bound = p
-                if p.state is PaymentState.AUTHORISED:
-                    bound = session_started(p, session_id=rec.id, connector=rec.connector, at=now)
-                try:
-                    breakdown: CostBreakdown | None = self.pricing.final_cost(rec)
-                except PaymentError:
-                    breakdown = None
-                if breakdown is None:
-                    self._record(no_session(bound, reason="unpriced", at=now))
-                else:
-                    self._record(
-                        session_ended(bound, cost_cents=breakdown.total_cents, at=now),
-                        cost_doc=breakdown,
-                    )
+            try:
+                self._restart_one(p)
+            except Exception as exc:  # one payment's bug must not keep the terminal unready
+                log.exception("payment_restart_failed", payment=p.id, error=repr(exc))
+
+    def _restart_one(self, p: Payment) -> None:
+        """One journalled payment as the restart finds it."""
+        found = self.journal.session_of_payment(p.id)
+        session_open: bool | None = None
+        if found is not None:
+            session_open = found[1] not in (SessionPhase.FINISHING, SessionPhase.CLOSED)
+        action = on_restart(p, session_open=session_open)
+        now = self.wall_clock()
+        if action is RestartAction.RELEASE:
+            self._record(no_session(p, reason="no_session_after_restart", at=now))
+        elif action is RestartAction.RESUME and found is not None:
+            if p.state is PaymentState.AUTHORISED:
+                cid = self._connector_of(found[0]) or p.connector or ""
+                self._record(session_started(p, session_id=found[0], connector=cid, at=now))
+        elif action is RestartAction.END_SESSION and found is not None:
+            rec = self.desk.store.get(found[0])
+            if rec is None:
+                return
+            bound = p
+            if p.state is PaymentState.AUTHORISED:
+                bound = session_started(p, session_id=rec.id, connector=rec.connector, at=now)
+            try:
+                breakdown: CostBreakdown | None = self.pricing.final_cost(rec)
+            except PaymentError:
+                breakdown = None
+            if breakdown is None:
+                self._record(no_session(bound, reason="unpriced", at=now))
+            else:
+                self._record(
+                    session_ended(bound, cost_cents=breakdown.total_cents, at=now),
+                    cost_doc=breakdown,
+                )
 
     def _connector_of(self, session_id: str) -> str | None:
         rec = self.desk.store.get(session_id)
