@@ -186,10 +186,6 @@ class SessionPricing:
         priced = self._priced.get(session_id)
         return None if priced is None else (priced.tariff, priced.usage)
 
-    def cost_of(self, session_id: str) -> CostBreakdown | None:
-        priced = self._priced.get(session_id)
-        return None if priced is None else cost(priced.tariff, priced.usage)
-
     def on_tick(
         self,
         readings: Mapping[str, EvseReading | None],

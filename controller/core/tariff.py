@@ -42,7 +42,6 @@ __all__ = [
     "Tariff",
     "TouPrice",
     "Usage",
-    "capture_cents",
     "cost",
     "must_stop",
     "preauth_amount_cents",
@@ -538,11 +537,6 @@ def must_stop(
         + more_idle_s * Fraction(tariff.idle_fee_per_minute) * _CENTS_PER_UNIT / _S_PER_MIN
     )
     return round_half_up(energy + time_part + idle + fee + more) > preauth_cents
-
-
-def capture_cents(breakdown: CostBreakdown, preauth_cents: int) -> int:
-    """What to capture from the card: the cost, never more than was pre-authorised."""
-    return max(0, min(breakdown.total_cents, preauth_cents))
 
 
 # --------------------------------------------------------------------------------------------

@@ -141,12 +141,6 @@ class PaymentJournal:
         ).fetchall()
         return [self._payment(r) for r in rows]
 
-    def by_session(self, session_id: str) -> Payment | None:
-        row = self._conn.execute(
-            f"{_SELECT} WHERE session_id = ? ORDER BY created_at DESC LIMIT 1", (session_id,)
-        ).fetchone()
-        return None if row is None else self._payment(row)
-
     def session_of_payment(self, payment_id: str) -> tuple[str, str] | None:
         """(session id, phase) of the session that carries ``payment_id``, if one was stored."""
         row = self._conn.execute(

@@ -73,15 +73,6 @@ class SessionStore:
         ).fetchone()
         return None if row is None else _record(row)
 
-    def transactions_between(self, start: datetime, end: datetime) -> list[SessionRecord]:
-        """Sessions with a transaction that started in [start, end), oldest first."""
-        rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM sessions WHERE started_at IS NOT NULL ORDER BY started_at"
-        ).fetchall()
-        records = [_record(r) for r in rows]
-        # Offsets differ between rows (DST): compare parsed times, not text.
-        return [r for r in records if r.started_at is not None and start <= r.started_at < end]
-
     def set_availability(self, connector: str, available: bool, source: str) -> None:
         try:
             self._conn.execute(
