@@ -149,6 +149,11 @@ class SessionDesk:
         for cid, (available, _source) in self.store.availability().items():
             if cid in self._available:
                 self._available[cid] = available
+        self._availability_pending = {
+            cid: change
+            for cid, change in self.store.scheduled_availability().items()
+            if cid in self._available
+        }
         if self._restored:
             log.info(
                 "sessions_restored",
@@ -408,9 +413,11 @@ class SessionDesk:
         rec = self._open.get(connector)
         if not available and rec is not None and rec.phase is SessionPhase.ACTIVE:
             self._availability_pending[connector] = (available, by)
+            self._save_pending_availability()
             log.info("availability_scheduled", connector=connector, available=available, by=by)
             return "scheduled"
-        self._availability_pending.pop(connector, None)
+        if self._availability_pending.pop(connector, None) is not None:
+            self._save_pending_availability()
         self._set_available(connector, available, by)
         return "accepted"
 
@@ -660,6 +667,13 @@ class SessionDesk:
             if rec is None or rec.phase is not SessionPhase.ACTIVE:
                 del self._availability_pending[cid]
                 self._set_available(cid, available, by)
+                self._save_pending_availability()
+
+    def _save_pending_availability(self) -> None:
+        try:
+            self.store.save_scheduled_availability(self._availability_pending)
+        except StoreError as exc:
+            self._store_failed(str(exc))  # in force in memory; lost only with a restart
 
     def _set_available(self, connector: str, available: bool, by: str) -> None:
         try:

@@ -8,12 +8,15 @@ power cut the session ends with the last known meter value.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from controller.core.sessions import AuthMethod, SessionPhase, SessionRecord, StopReason
 from controller.store.db import Database, StoreError
+
+SCHEDULED_AVAILABILITY = "availability_scheduled"  # markers: pending changes, JSON
 
 _COLUMNS = (
     "id, connector, phase, method, id_tag, priority_tier, plugged_at, authorised_at, "
@@ -83,6 +86,22 @@ class SessionStore:
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot record the availability of {connector}: {exc}") from exc
+
+    def save_scheduled_availability(self, pending: dict[str, tuple[bool, str]]) -> None:
+        """Availability changes waiting for a running transaction to end (connector ->
+        (available, who asked)), so that a restart keeps them."""
+        document = json.dumps({cid: [available, by] for cid, (available, by) in pending.items()})
+        self._db.set_marker(SCHEDULED_AVAILABILITY, document, datetime.now(UTC).isoformat())
+
+    def scheduled_availability(self) -> dict[str, tuple[bool, str]]:
+        text = self._db.marker(SCHEDULED_AVAILABILITY)
+        if not text:
+            return {}
+        try:
+            document = json.loads(text)
+            return {str(c): (bool(v[0]), str(v[1])) for c, v in document.items()}
+        except (ValueError, TypeError, IndexError, AttributeError):
+            return {}  # unreadable: the change is lost, the connector keeps its state
 
     def availability(self) -> dict[str, tuple[bool, str]]:
         rows = self._conn.execute(

@@ -770,3 +770,19 @@ def test_random_operation_keeps_the_records_honest(
                         assert on_disk["stop_reason"] == event.record.stop_reason
         finally:
             rig.db.close()
+
+
+def test_a_scheduled_availability_change_survives_a_restart(rig: Rig) -> None:
+    rig.cars["cp1"] = True
+    rig.tick()
+    assert rig.desk.set_availability("cp1", False, by="mqtt") == "scheduled"
+    rig.crash()
+    rig.boot(clean_shutdown=False)
+    rig.tick()
+    assert rig.desk.available("cp1") and rig.may_draw("cp1")  # the transaction runs on
+    assert rig.desk.status_document()["cp1"].get("availability_scheduled") is False
+    rig.cars["cp1"] = False
+    rig.tick()
+    assert not rig.desk.available("cp1")
+    assert rig.desk.store.availability()["cp1"] == (False, "mqtt")
+    assert rig.desk.store.scheduled_availability() == {}
