@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 from controller.cli.client import ServiceNotRunning, request
 from controller.core.report import Report, SessionLine, summarise
 from controller.store.db import DB_FILENAME
-from controller.store.journal import report_lines
+from controller.store.journal import carried_over, report_lines
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -213,6 +213,7 @@ def report(args: argparse.Namespace, out: TextIO | None = None) -> int:
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         lines = report_lines(conn, start, end)
+        carried = carried_over(conn, start)
     except sqlite3.Error as exc:
         print(f"evsite: cannot read {db_path}: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -220,8 +221,9 @@ def report(args: argparse.Namespace, out: TextIO | None = None) -> int:
         conn.close()
     try:
         summary = summarise(
-            lines, start=start, end=end, connectors=connectors, now=datetime.now(tz), tz=tz
-        )
+            lines, start=start, end=end, connectors=connectors, now=datetime.now(tz), tz=tz,
+            carried=carried,
+        )  # fmt: skip
     except ValueError as exc:
         print(f"evsite: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ Times are aware datetimes passed in; nothing here reads a clock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
@@ -91,7 +92,11 @@ def summarise(
     connectors: list[str],
     now: datetime,
     tz: tzinfo,
+    carried: Sequence[tuple[str, datetime, datetime | None]] = (),
 ) -> Report:
+    """The report of ``lines`` (transactions that started in the period). ``carried`` are
+    (connector, started_at, ended_at) of transactions that started before the period and ran
+    into it: they count towards occupancy only."""
     if end <= start:
         raise ValueError(f"the period must end after it starts ({start} .. {end})")
     period_s = (end - start).total_seconds()
@@ -100,9 +105,11 @@ def summarise(
     for cid in known:
         mine = [s for s in lines if s.connector == cid]
         busy_s = 0.0
-        for s in mine:
-            a = max(s.started_at, start)
-            b = min(s.ended_at or now, end)
+        spans = [(s.started_at, s.ended_at) for s in mine]
+        spans += [(began, ended) for c, began, ended in carried if c == cid]
+        for began, ended in spans:
+            a = max(began, start)
+            b = min(ended or now, end)
             busy_s += max(0.0, (b - a).total_seconds())
         summaries.append(
             ConnectorSummary(

@@ -348,6 +348,24 @@ def usage_from_data(d: dict[str, Any], *, tz: tzinfo) -> Usage:
 # --- the report's reading --------------------------------------------------------------------
 
 
+def carried_over(
+    conn: sqlite3.Connection, start: datetime
+) -> list[tuple[str, datetime, datetime | None]]:
+    """(connector, started_at, ended_at) of the transactions that started before ``start`` and
+    were still running at it: they occupy their connector in the period, though their money
+    belongs to the period they started in."""
+    rows = conn.execute(
+        "SELECT connector, started_at, ended_at FROM sessions WHERE started_at IS NOT NULL"
+    ).fetchall()
+    out = []
+    for connector, started_text, ended_text in rows:
+        started = datetime.fromisoformat(started_text)
+        ended = None if ended_text is None else datetime.fromisoformat(ended_text)
+        if started < start and (ended is None or ended > start):
+            out.append((str(connector), started, ended))
+    return out
+
+
 def report_lines(conn: sqlite3.Connection, start: datetime, end: datetime) -> list[SessionLine]:
     """Sessions with a transaction that started in [start, end), each with its priced cost
     and its card payment (if any), read from the state file (a read-only connection will do)."""
