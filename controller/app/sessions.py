@@ -301,7 +301,10 @@ class SessionDesk:
             view = self._views.get(cid)
             present = view.vehicle_present if view is not None else None
             session = engine_session(
-                self._open.get(cid), available=self._available[cid], vehicle_present=present
+                self._open.get(cid),
+                available=self._available[cid],
+                vehicle_present=present,
+                free_vend=self.settings.free_vend,
             )
             if session is not None:
                 out[cid] = session

@@ -329,7 +329,11 @@ def stop(
 
 
 def engine_session(
-    rec: SessionRecord | None, *, available: bool, vehicle_present: bool | None
+    rec: SessionRecord | None,
+    *,
+    available: bool,
+    vehicle_present: bool | None,
+    free_vend: bool = True,
 ) -> Session | None:
     """What the load-management engine needs of a connector's session (None: no entry, the
     connector's defaults apply; used for connectors with nothing plugged in)."""
@@ -338,6 +342,10 @@ def engine_session(
             return Session(charging_allowed=False, hold="unavailable")
         if vehicle_present:
             # Plugged in without a session (e.g. the record could not be stored): no current.
+            return Session(charging_allowed=False, hold="not_authorised")
+        if vehicle_present is None and not free_vend:
+            # Nothing known (EVSE silent, start-up) where charging needs an authorisation:
+            # nobody authorised a car there, so the fallback current is not for it either.
             return Session(charging_allowed=False, hold="not_authorised")
         return None
     if rec.phase is SessionPhase.ACTIVE:

@@ -659,3 +659,12 @@ def test_random_sequences_keep_the_machines_promises(
     for e in d.events:
         if e.kind is K.ENDED:
             assert e.record.stop_reason is not None
+
+
+def test_without_free_vend_a_connector_nobody_authorised_gets_no_fallback_current() -> None:
+    # An EVSE that went silent (or before its first reading): with free vend the engine's
+    # fallback applies; where charging needs an authorisation nobody gave, it stays at 0 A.
+    assert engine_session(None, available=True, vehicle_present=None) is None
+    held = engine_session(None, available=True, vehicle_present=None, free_vend=False)
+    assert held is not None and not held.charging_allowed and held.hold == "not_authorised"
+    assert engine_session(None, available=True, vehicle_present=False, free_vend=False) is None
