@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from controller.cli.client import ServiceNotRunning, request
+from controller.cli.output import print_json, refused
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -167,7 +167,7 @@ def bus_scan(path: Path, args: argparse.Namespace, out: TextIO | None = None) ->
         return _refused(answer, args.json, out)
     scan = answer["scan"]
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
     else:
         _print_scan(answer, out)
     return EXIT_FAILED if scan.get("link_error") and not scan["found"] else EXIT_OK
@@ -243,7 +243,7 @@ def device_read(path: Path, args: argparse.Namespace, out: TextIO | None = None)
     if not answer.get("ok"):
         return _refused(answer, args.json, out)
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
     else:
         _print_readout(answer, out)
     return EXIT_OK
@@ -325,15 +325,10 @@ def _print_readout(answer: dict[str, Any], out: TextIO) -> None:
 
 
 def _refused(answer: dict[str, Any], as_json: bool, out: TextIO) -> int:
-    if as_json:
-        _print_json(answer, out)
-    field = answer.get("field")
-    option = _OPTION_OF_FIELD.get(field, field) if isinstance(field, str) else None
-    where = f" ({option})" if option else ""
-    verb = "failed" if answer.get("via") == "direct" else "refused"
-    print(f"evsite: {verb}{where}: {answer.get('error', 'no reason given')}", file=sys.stderr)
-    return EXIT_FAILED
-
-
-def _print_json(answer: dict[str, Any], out: TextIO) -> None:
-    out.write(json.dumps(answer, indent=2) + "\n")
+    return refused(
+        answer,
+        as_json=as_json,
+        out=out,
+        options=_OPTION_OF_FIELD,
+        verb="failed" if answer.get("via") == "direct" else "refused",
+    )

@@ -12,7 +12,6 @@ Exit status: 0 done, 1 the service refused the request, 2 bad command line, 3 no
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -20,9 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from controller.cli.client import request
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
+from controller.cli.output import EXIT_OK, print_json, refused
 
 # The service names the payload field at fault; the technician typed an option.
 _OPTION_OF_FIELD = {
@@ -139,7 +136,7 @@ def limit_set(path: Path, args: argparse.Namespace, out: TextIO = sys.stdout) ->
     if not answer.get("ok"):
         return _refused(answer, args.json, out)
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
         return EXIT_OK
     slot = answer["slot"]
     verb = "replaced" if answer.get("replaced") else "set"
@@ -159,7 +156,7 @@ def limit_clear(path: Path, args: argparse.Namespace, out: TextIO = sys.stdout) 
     if not answer.get("ok"):
         return _refused(answer, args.json, out)
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
         return EXIT_OK
     cleared = answer.get("cleared", [])
     if not cleared:
@@ -177,7 +174,7 @@ def limit_list(path: Path, args: argparse.Namespace, out: TextIO = sys.stdout) -
     if not answer.get("ok"):
         return _refused(answer, args.json, out)
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
         return EXIT_OK
     slots = answer.get("slots", [])
     console = Console(file=out, highlight=False, width=None if out.isatty() else 120)
@@ -213,17 +210,7 @@ def limit_list(path: Path, args: argparse.Namespace, out: TextIO = sys.stdout) -
 
 
 def _refused(answer: dict[str, Any], as_json: bool, out: TextIO) -> int:
-    if as_json:
-        _print_json(answer, out)
-    field = answer.get("field")
-    option = _OPTION_OF_FIELD.get(field, field) if isinstance(field, str) else None
-    where = f" ({option})" if option else ""
-    print(f"evsite: refused{where}: {answer.get('error', 'no reason given')}", file=sys.stderr)
-    return EXIT_REFUSED
-
-
-def _print_json(answer: dict[str, Any], out: TextIO) -> None:
-    out.write(json.dumps(answer, indent=2) + "\n")
+    return refused(answer, as_json=as_json, out=out, options=_OPTION_OF_FIELD)
 
 
 def _scope_text(scope: str) -> str:

@@ -31,12 +31,10 @@ from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from controller.cli.client import ServiceNotRunning, request
+from controller.cli.output import EXIT_OK, EXIT_REFUSED
 from controller.core.report import Report, SessionLine, summarise
 from controller.store.db import DB_FILENAME
 from controller.store.journal import carried_over, report_lines
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
 
 
 def add_parser(

@@ -13,16 +13,13 @@ Exit status: 0 done, 1 the service refused the request, 2 bad command line, 3 no
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from controller.cli.client import request
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
+from controller.cli.output import EXIT_OK, print_json, refused
 
 _OPTION_OF_FIELD = {"connector": "CONNECTOR", "id_tag": "--id-tag/TAG", "priority_tier": "TIER"}
 
@@ -149,7 +146,7 @@ def session_list(path: Path, args: argparse.Namespace, out: TextIO = sys.stdout)
     if not answer.get("ok"):
         return _refused(answer, args.json, out)
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
         return EXIT_OK
     connectors: dict[str, Any] = answer.get("connectors", {})
     console = Console(file=out, highlight=False, width=None if out.isatty() else 120)
@@ -196,7 +193,7 @@ def session_start(path: Path, args: argparse.Namespace, out: TextIO = sys.stdout
     if not answer.get("ok"):
         return _refused(answer, args.json, out)
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
         return EXIT_OK
     s = answer["session"]
     if s["phase"] == "active":
@@ -213,7 +210,7 @@ def session_stop(path: Path, args: argparse.Namespace, out: TextIO = sys.stdout)
     if not answer.get("ok"):
         return _refused(answer, args.json, out)
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
         return EXIT_OK
     s = answer["session"]
     if s.get("started_at"):
@@ -234,7 +231,7 @@ def session_tag(path: Path, args: argparse.Namespace, out: TextIO = sys.stdout) 
     if not answer.get("ok"):
         return _refused(answer, args.json, out)
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
         return EXIT_OK
     s = answer["session"]
     if answer.get("result") == "stopped":
@@ -255,7 +252,7 @@ def session_tier(path: Path, args: argparse.Namespace, out: TextIO = sys.stdout)
     if not answer.get("ok"):
         return _refused(answer, args.json, out)
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
         return EXIT_OK
     s = answer["session"]
     tier = "the connector's" if s.get("priority_tier") is None else str(s["priority_tier"])
@@ -268,7 +265,7 @@ def availability_set(path: Path, args: argparse.Namespace, out: TextIO = sys.std
     if not answer.get("ok"):
         return _refused(answer, args.json, out)
     if args.json:
-        _print_json(answer, out)
+        print_json(answer, out)
         return EXIT_OK
     if args.available:
         out.write(f"{args.connector}: in service\n")
@@ -285,17 +282,7 @@ def availability_set(path: Path, args: argparse.Namespace, out: TextIO = sys.std
 
 
 def _refused(answer: dict[str, Any], as_json: bool, out: TextIO) -> int:
-    if as_json:
-        _print_json(answer, out)
-    field = answer.get("field")
-    option = _OPTION_OF_FIELD.get(field, field) if isinstance(field, str) else None
-    where = f" ({option})" if option else ""
-    print(f"evsite: refused{where}: {answer.get('error', 'no reason given')}", file=sys.stderr)
-    return EXIT_REFUSED
-
-
-def _print_json(answer: dict[str, Any], out: TextIO) -> None:
-    out.write(json.dumps(answer, indent=2) + "\n")
+    return refused(answer, as_json=as_json, out=out, options=_OPTION_OF_FIELD)
 
 
 def _time_text(iso: str | None) -> str:
