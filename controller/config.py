@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType, UnionType
-from typing import Annotated, Literal, NoReturn, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NoReturn, Protocol, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -873,6 +873,18 @@ _NAME_FIELDS = ("id", "name", "parent", "circuit", "meter", "socket_group", "hos
 _TIME_FIELDS = ("start", "end")
 
 M = TypeVar("M", bound=BaseModel)
+W = TypeVar("W")  # an item of a weekly schedule: TouPeriod, TouPrice
+
+
+class _WeeklyItem(Protocol):
+    """A validated item of a weekly schedule (``time_of_use`` periods, tariff prices)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def start(self) -> str: ...
+    @property
+    def end(self) -> str: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -1787,14 +1799,22 @@ class _Loader:
                     "ignored: the grid has no meter, so there is no export to see",
                 )
 
-    def time_of_use(
-        self, periods: list[tuple[KeyPath, _TimeOfUseModel]]
-    ) -> tuple[TouPeriod, ...] | None:
-        """The weekly schedule; None when an item is invalid (reported)."""
-        built: list[tuple[KeyPath, TouPeriod]] = []
+    def weekly_schedule(
+        self,
+        items: Sequence[tuple[KeyPath, _WeeklyItem]],
+        *,
+        noun: str,
+        build: Callable[[Any], W],
+        period_of: Callable[[W], TouPeriod],
+        value_key: str,
+        lowest: Callable[[W, W], str],
+    ) -> tuple[bool, list[tuple[KeyPath, W]]]:
+        """The rules every weekly schedule shares (time-of-use caps, tariff prices): unique
+        names, no empty period, a warning where two overlap. Returns (sound, the items built)."""
+        built: list[tuple[KeyPath, W]] = []
         names: dict[str, KeyPath] = {}
         sound = True
-        for path, t in periods:
+        for path, t in items:
             if t.name in names:
                 sound = False
                 self.error(
@@ -1807,71 +1827,61 @@ class _Loader:
                 sound = False
                 self.error(
                     (*path, "end"),
-                    f"the period starts and ends at {t.start}; it would last no time (a whole "
+                    f"the {noun} starts and ends at {t.start}; it would last no time (a whole "
                     "day is start '00:00', end '24:00')",
                 )
                 continue
-            period = TouPeriod(
+            item = build(t)
+            for other_path, other in built:
+                overlap = _first_overlap(period_of(other), period_of(item))
+                if overlap is not None:
+                    self.warn(
+                        path,
+                        f"overlaps {period_of(other).name!r} at {self.where(other_path)} on "
+                        f"{overlap}; where {noun}s overlap the lowest {value_key} applies "
+                        f"({lowest(other, item)} there)",
+                    )
+            built.append((path, item))
+        return sound, built
+
+    def time_of_use(
+        self, periods: list[tuple[KeyPath, _TimeOfUseModel]]
+    ) -> tuple[TouPeriod, ...] | None:
+        """The weekly schedule; None when an item is invalid (reported)."""
+        sound, built = self.weekly_schedule(
+            periods,
+            noun="period",
+            build=lambda t: TouPeriod(
                 days=t.days,
                 start=_clock_time(t.start),
                 end=_clock_time(t.end),
                 power_w=t.power_kw * 1000.0,
                 name=t.name,
-            )
-            for other_path, other in built:
-                overlap = _first_overlap(other, period)
-                if overlap is not None:
-                    lowest = min(other.power_w, period.power_w) / 1000.0
-                    self.warn(
-                        path,
-                        f"overlaps {other.name!r} at {self.where(other_path)} on {overlap}; where "
-                        f"periods overlap the lowest power_kw applies ({_n(lowest)} kW there)",
-                    )
-            built.append((path, period))
+            ),
+            period_of=lambda p: p,
+            value_key="power_kw",
+            lowest=lambda a, b: f"{_n(min(a.power_w, b.power_w) / 1000.0)} kW",
+        )
         if not sound or len(periods) != len(self.raw_list("time_of_use")):
             return None
         return tuple(p for _, p in built)
 
     def tariff(self, base: KeyPath, m: TariffPayload, cap_cents: int | None) -> Tariff | None:
         """The tariff, after the rules across its fields; None when one fails (reported)."""
-        sound = True
-        built: list[tuple[KeyPath, TouPrice]] = []
-        names: dict[str, KeyPath] = {}
-        for index, t in enumerate(m.time_of_use):
-            path: KeyPath = (*base, "time_of_use", index)
-            if t.name in names:
-                sound = False
-                self.error(
-                    (*path, "name"),
-                    f"duplicate time-of-use name {t.name!r}, already used by "
-                    f"{self.where(names[t.name])}",
-                )
-            names.setdefault(t.name, path)
-            if t.start == t.end:
-                sound = False
-                self.error(
-                    (*path, "end"),
-                    f"the price starts and ends at {t.start}; it would last no time (a whole "
-                    "day is start '00:00', end '24:00')",
-                )
-                continue
-            price = TouPrice(
+        sound, built = self.weekly_schedule(
+            [((*base, "time_of_use", i), t) for i, t in enumerate(m.time_of_use)],
+            noun="price",
+            build=lambda t: TouPrice(
                 name=t.name,
                 days=t.days,
                 start=_clock_time(t.start),
                 end=_clock_time(t.end),
                 price_per_kwh=t.price_per_kwh,
-            )
-            for other_path, other in built:
-                overlap = _first_overlap(_as_period(other), _as_period(price))
-                if overlap is not None:
-                    lowest = min(other.price_per_kwh, price.price_per_kwh)
-                    self.warn(
-                        path,
-                        f"overlaps {other.name!r} at {self.where(other_path)} on {overlap}; where "
-                        f"prices overlap the lowest price_per_kwh applies ({lowest} there)",
-                    )
-            built.append((path, price))
+            ),
+            period_of=_as_period,
+            value_key="price_per_kwh",
+            lowest=lambda a, b: str(min(a.price_per_kwh, b.price_per_kwh)),
+        )
         preauth_cents = m.preauth_cents
         if cap_cents is not None and preauth_cents > cap_cents:
             self.warn(
