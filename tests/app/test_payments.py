@@ -272,6 +272,14 @@ def run(coro: Callable[[], Any]) -> None:
     asyncio.run(coro())
 
 
+def metered(session: dict[str, Any]) -> tuple[Fraction, Fraction]:
+    """A stored session's energy (Wh) and whole seconds, as the tariff prices them."""
+    energy = Fraction(str(session["meter_stop_wh"])) - Fraction(str(session["meter_start_wh"]))
+    ended = datetime.fromisoformat(session["ended_at"])
+    started = datetime.fromisoformat(session["started_at"])
+    return energy, Fraction(int((ended - started).total_seconds()))
+
+
 async def charge(r: Rig, cid: str, seconds: int) -> str:
     """Plug in, pay by card at the terminal, charge ``seconds``; returns the payment id."""
     r.cars[cid] = True
@@ -309,18 +317,8 @@ def test_card_pre_auth_charge_capture_at_the_tariff_price(kind: str, tmp_path: P
 
             row = r.row(pid)
             session = r.session_row(row["session_id"])
-            energy = Fraction(str(session["meter_stop_wh"])) - Fraction(
-                str(session["meter_start_wh"])
-            )
+            energy, seconds = metered(session)
             assert float(energy) == pytest.approx(r.energy_wh["cp1"] - energy_before)
-            seconds = Fraction(
-                int(
-                    (
-                        datetime.fromisoformat(session["ended_at"])
-                        - datetime.fromisoformat(session["started_at"])
-                    ).total_seconds()
-                )
-            )
             price = expected_cents(TARIFF, energy, seconds)
             assert 0 < price < 2500
             assert row["cost_cents"] == row["final_cents"] == row["captured_cents"] == price
@@ -587,18 +585,8 @@ def test_case09_crash_while_charging_the_session_goes_on_and_is_captured_in_full
             await r.until(lambda: r.row(pid)["state"] == "captured")
             row = r.row(pid)
             session = r.session_row(row["session_id"])
-            energy = Fraction(str(session["meter_stop_wh"])) - Fraction(
-                str(session["meter_start_wh"])
-            )
+            energy, seconds = metered(session)
             assert float(energy) == pytest.approx(r.energy_wh["cp1"] - start_wh)
-            seconds = Fraction(
-                int(
-                    (
-                        datetime.fromisoformat(session["ended_at"])
-                        - datetime.fromisoformat(session["started_at"])
-                    ).total_seconds()
-                )
-            )
             assert row["captured_cents"] == expected_cents(TARIFF, energy, seconds)
             assert r.sim.ledger.captured_total_cents() == row["captured_cents"]
 
