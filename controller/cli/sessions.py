@@ -67,70 +67,76 @@ def add_parser(
     p = sub.add_parser("session", help="list, start or stop charging sessions")
     ssub = p.add_subparsers(dest="session_command", required=True, metavar="SUBCOMMAND")
 
-    pl = ssub.add_parser("list", help="each connector's session and availability")
-    pl.add_argument("--json", action="store_true", help="print the answer as JSON")
-    add_target(pl)
-    pl.set_defaults(func=run, tool_func=session_list)
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        tool: Callable[..., int],
+        *,
+        connector: bool = True,
+        help: str,
+        description: str | None = None,
+    ) -> argparse.ArgumentParser:
+        """A subcommand with what they all share: the connector, --json, the target."""
+        c = parent.add_parser(name, help=help, description=description)
+        if connector:
+            c.add_argument("connector", metavar="CONNECTOR", help="the connector (its EVSE's id)")
+        c.add_argument("--json", action="store_true", help="print the answer as JSON")
+        add_target(c)
+        c.set_defaults(func=run, tool_func=tool)
+        return c
 
-    ps = ssub.add_parser(
+    command(
+        ssub,
+        "list",
+        session_list,
+        connector=False,
+        help="each connector's session and availability",
+    )
+    ps = command(
+        ssub,
         "start",
+        session_start,
         help="authorise charging at a connector",
         description="Authorise charging at a connector: a vehicle waiting there starts "
         "charging now; otherwise the first vehicle plugged in within the connection timeout "
         "does (sessions.connection_timeout_s).",
     )
-    ps.add_argument("connector", metavar="CONNECTOR", help="the connector (its EVSE's id)")
     ps.add_argument("--id-tag", metavar="TAG", help="record the session under this idTag")
     ps.add_argument(
         "--tier", type=_tier, metavar="TIER", help="priority tier 0-9 (default: the connector's)"
     )
-    ps.add_argument("--json", action="store_true", help="print the answer as JSON")
-    add_target(ps)
-    ps.set_defaults(func=run, tool_func=session_start)
-
-    pt = ssub.add_parser(
+    command(
+        ssub,
         "stop",
+        session_stop,
         help="stop the session at a connector",
         description="End the session at a connector (stop reason Local). A vehicle still "
         "plugged in gets no current until it is unplugged.",
     )
-    pt.add_argument("connector", metavar="CONNECTOR", help="the connector (its EVSE's id)")
-    pt.add_argument("--json", action="store_true", help="print the answer as JSON")
-    add_target(pt)
-    pt.set_defaults(func=run, tool_func=session_stop)
-
-    pg = ssub.add_parser(
+    pg = command(
+        ssub,
         "tag",
+        session_tag,
         help="present an idTag at a connector, as its card reader would",
         description="Present an idTag at a connector as its card reader would: the idTag that "
         "started the running session stops it; any other is checked by the authorisers (the "
         "OCPP backend, its local list) and starts a session if accepted.",
     )
-    pg.add_argument("connector", metavar="CONNECTOR", help="the connector (its EVSE's id)")
     pg.add_argument("id_tag", metavar="TAG", help="the idTag (up to 20 characters)")
-    pg.add_argument("--json", action="store_true", help="print the answer as JSON")
-    add_target(pg)
-    pg.set_defaults(func=run, tool_func=session_tag)
-
-    pr = ssub.add_parser("tier", help="set the priority tier of the session at a connector")
-    pr.add_argument("connector", metavar="CONNECTOR", help="the connector (its EVSE's id)")
+    pr = command(
+        ssub, "tier", session_tier, help="set the priority tier of the session at a connector"
+    )
     pr.add_argument("tier", type=_tier, metavar="TIER", help="0-9 (higher goes first), or none")
-    pr.add_argument("--json", action="store_true", help="print the answer as JSON")
-    add_target(pr)
-    pr.set_defaults(func=run, tool_func=session_tier)
-
-    pa = sub.add_parser(
+    pa = command(
+        sub,
         "availability",
+        availability_set,
         help="take a connector out of service, or back",
         description="Take a connector out of service (off: no new session starts there, a "
         "plugged-in vehicle gets no current) or back into service (on). With a session "
         "running, off takes effect when it ends (scheduled).",
     )
-    pa.add_argument("connector", metavar="CONNECTOR", help="the connector (its EVSE's id)")
     pa.add_argument("available", type=_on_off, metavar="on|off", help="on or off")
-    pa.add_argument("--json", action="store_true", help="print the answer as JSON")
-    add_target(pa)
-    pa.set_defaults(func=run, tool_func=availability_set)
 
 
 # --------------------------------------------------------------------------------------------
